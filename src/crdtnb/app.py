@@ -1,0 +1,228 @@
+"""The embeddable application: routes, lifespan and the auth hooks.
+
+``NotebookSync`` is the lower-level object a host mounts; ``create_app`` wraps it
+in a complete Starlette app. Starlette does not run the lifespan of a mounted
+app, so every endpoint refuses to work (with an error naming the fix) until the
+host runs ``sync.lifespan``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from .auth import Action, Authenticate, Authorize, TokenAuth, User, allow_all, call_hook
+from .files import InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
+from .notebook import export_notebook
+from .rooms import RoomManager, RoomSettings
+from .store import SQLiteStore, Store
+from .transport import CloseCode, TransportLimits, run_peer
+
+logger = logging.getLogger("crdtnb.app")
+
+NOT_STARTED = (
+    "crdtnb is not started: run its lifespan in the host app "
+    "(Starlette(..., lifespan=sync.lifespan)); Starlette does not run lifespans of mounted apps"
+)
+
+
+class NotebookSync:
+    """The crdtnb service: mount ``sync.routes`` (or ``sync`` itself) and run ``sync.lifespan``."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        store: Store | None = None,
+        authenticate: Authenticate | None = None,
+        authorize: Authorize | None = None,
+        token: str | None = None,
+        settings: RoomSettings | None = None,
+        limits: TransportLimits | None = None,
+    ) -> None:
+        self.files = NotebookFiles(root)
+        self.state_dir = Path(state_dir) if state_dir else self.files.root / ".crdtnb"
+        self.store = store or SQLiteStore(self.state_dir / "crdtnb.sqlite3")
+        if authenticate is None:
+            if token is None:
+                raise ValueError("give a token or an authenticate hook (crdtnb.auth.anonymous to allow everyone)")
+            authenticate = TokenAuth(token)
+        self.authenticate = authenticate
+        self.authorize = authorize or allow_all
+        self.rooms = RoomManager(self.files, self.store, settings)
+        self.limits = limits or TransportLimits()
+        self.started = False
+        self._connections = 0
+        self._router = Starlette(routes=self.routes)
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        return [
+            WebSocketRoute("/api/sync/{path:path}", self.sync_endpoint),
+            Route("/api/health", self.health, methods=["GET"]),
+            Route("/api/notebooks", self.list_notebooks, methods=["GET"]),
+            Route("/api/notebooks/{path:path}", self.get_notebook, methods=["GET"]),
+            Route("/api/notebooks/{path:path}", self.create_notebook, methods=["POST"]),
+        ]
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        await self.store.start()
+        self.started = True
+        try:
+            yield
+        finally:
+            self.started = False
+            await self.rooms.close()
+            await self.store.close()
+            logger.info("all rooms saved; store closed")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Lets a host ``Mount("/collab", app=sync)``."""
+        await self._router(scope, receive, send)
+
+    # -- auth ------------------------------------------------------------------
+
+    async def _user(self, conn: HTTPConnection) -> User | None:
+        return await call_hook(self.authenticate, conn)
+
+    async def _allowed(self, user: User, path: str, action: Action) -> bool:
+        return bool(await call_hook(self.authorize, user, path, action))
+
+    async def _check_http(self, request: Request, path: str, action: Action) -> User | Response:
+        if not self.started:
+            return _error(503, NOT_STARTED)
+        user = await self._user(request)
+        if user is None:
+            return _error(401, "authentication required: pass the token as ?token= or 'Authorization: token …'")
+        if not await self._allowed(user, path, action):
+            return _error(403, f"{user.name} may not {action.value} {path or 'this server'}")
+        return user
+
+    # -- websocket -----------------------------------------------------------------
+
+    async def sync_endpoint(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        path = websocket.path_params["path"]
+        if not self.started:
+            await websocket.close(CloseCode.INTERNAL_ERROR, "crdtnb is not started (host must run sync.lifespan)")
+            return
+        user = await self._user(websocket)
+        if user is None:
+            await websocket.close(CloseCode.UNAUTHENTICATED, "authentication required")
+            return
+        try:
+            name = self.files.normalize(path)
+            self.files.resolve(name)
+        except PathError as exc:
+            await websocket.close(CloseCode.BAD_PATH, str(exc))
+            return
+        if not await self._allowed(user, name, Action.READ):
+            await websocket.close(CloseCode.FORBIDDEN, f"{user.name} may not read {name}")
+            return
+        can_write = await self._allowed(user, name, Action.WRITE)
+        try:
+            room = await self.rooms.acquire(name)
+        except NotebookNotFound as exc:
+            await websocket.close(CloseCode.NOT_FOUND, str(exc))
+            return
+        except InvalidNotebook as exc:
+            logger.error("%s", exc)
+            await websocket.close(CloseCode.INVALID_NOTEBOOK, str(exc)[:120])
+            return
+        except PathError as exc:
+            await websocket.close(CloseCode.BAD_PATH, str(exc))
+            return
+        self._connections += 1
+        client = websocket.client
+        label = f"{name} {user.name}@{client.host}:{client.port}" if client else f"{name} {user.name}"
+        try:
+            await run_peer(websocket, room, can_write=can_write, limits=self.limits, label=label)
+        finally:
+            self._connections -= 1
+            self.rooms.release(room)
+
+    # -- REST ----------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        if not self.started:
+            return _error(503, NOT_STARTED)
+        return JSONResponse({"status": "ok", "rooms": len(self.rooms.rooms), "connections": self._connections})
+
+    async def list_notebooks(self, request: Request) -> Response:
+        checked = await self._check_http(request, "", Action.READ)
+        if isinstance(checked, Response):
+            return checked
+        entries = await asyncio.to_thread(self.files.list)
+        return JSONResponse(
+            {
+                "notebooks": [
+                    {"path": e.path, "name": e.name, "size": e.size, "last_modified": e.last_modified}
+                    for e in entries
+                ]
+            }
+        )
+
+    async def get_notebook(self, request: Request) -> Response:
+        path = request.path_params["path"]
+        checked = await self._check_http(request, path, Action.READ)
+        if isinstance(checked, Response):
+            return checked
+        try:
+            async with self.rooms.hold(path) as room:
+                return JSONResponse(export_notebook(room.doc))
+        except Exception as exc:
+            return _file_error(exc)
+
+    async def create_notebook(self, request: Request) -> Response:
+        path = request.path_params["path"]
+        checked = await self._check_http(request, path, Action.WRITE)
+        if isinstance(checked, Response):
+            return checked
+        try:
+            nb = await asyncio.to_thread(self.files.create, path)
+        except Exception as exc:
+            return _file_error(exc)
+        return JSONResponse({"path": self.files.normalize(path), "notebook": nb}, status_code=201)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _file_error(exc: Exception) -> Response:
+    if isinstance(exc, PathError):
+        return _error(400, str(exc))
+    if isinstance(exc, NotebookNotFound):
+        return _error(404, str(exc))
+    if isinstance(exc, FileExistsError):
+        return _error(409, str(exc))
+    if isinstance(exc, InvalidNotebook):
+        return _error(422, str(exc))
+    raise exc
+
+
+def create_app(
+    root: str | os.PathLike[str],
+    **options: Any,
+) -> Starlette:
+    """A complete Starlette app serving crdtnb at the root of the URL space."""
+    sync = NotebookSync(root, **options)
+    app = Starlette(routes=sync.routes, lifespan=sync.lifespan)
+    app.state.sync = sync
+    return app
+
+
+__all__ = ["NotebookSync", "create_app"]

@@ -1,0 +1,175 @@
+"""Notebook files under the served root: safe paths, validated reads, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import nbformat
+
+NOTEBOOK_SUFFIX = ".ipynb"
+# Directories never listed nor served: our own state, checkpoints, VCS internals.
+SKIPPED_DIRS = {".crdtnb", ".ipynb_checkpoints", ".git", "node_modules", "__pycache__"}
+
+
+class PathError(ValueError):
+    """A path that does not name a notebook under the root."""
+
+
+class NotebookNotFound(LookupError):
+    pass
+
+
+class InvalidNotebook(ValueError):
+    """A file that nbformat cannot read or that fails validation."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileStamp:
+    """What identifies one version of a file on disk, cheaply (mtime, size) and surely (sha)."""
+
+    mtime_ns: int
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotebookEntry:
+    path: str
+    name: str
+    size: int
+    last_modified: float
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class NotebookFiles:
+    """The notebooks under one root directory."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"notebook root {self.root} is not a directory")
+
+    def normalize(self, path: str) -> str:
+        """The canonical room name for a client-supplied path, or PathError."""
+        if not path or "\x00" in path or "\\" in path:
+            raise PathError("invalid path")
+        pure = PurePosixPath(path)
+        if pure.is_absolute() or path.startswith("/"):
+            raise PathError("absolute paths are not allowed")
+        if any(part in ("..", ".") for part in pure.parts):
+            raise PathError("'..' and '.' are not allowed in paths")
+        if any(part in SKIPPED_DIRS for part in pure.parts):
+            raise PathError("that directory is not served")
+        if pure.suffix != NOTEBOOK_SUFFIX:
+            raise PathError("not a notebook path (must end in .ipynb)")
+        return pure.as_posix()
+
+    def resolve(self, path: str) -> Path:
+        """The real file for a room name, refusing anything that leaves the root (symlinks too)."""
+        name = self.normalize(path)
+        real = (self.root / name).resolve()
+        if not real.is_relative_to(self.root):
+            raise PathError("path leads outside the notebook root")
+        return real
+
+    def exists(self, path: str) -> bool:
+        return self.resolve(path).is_file()
+
+    def stamp(self, path: str) -> FileStamp | None:
+        """(mtime, size) only; sha is filled by read()."""
+        try:
+            st = self.resolve(path).stat()
+        except FileNotFoundError:
+            return None
+        return FileStamp(st.st_mtime_ns, st.st_size, "")
+
+    def read(self, path: str) -> tuple[dict[str, Any], FileStamp]:
+        """Read and validate a notebook; upgrade it to nbformat 4."""
+        real = self.resolve(path)
+        try:
+            st = real.stat()
+            data = real.read_bytes()
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise NotebookNotFound(f"no notebook at {path}") from exc
+        stamp = FileStamp(st.st_mtime_ns, st.st_size, sha256_bytes(data))
+        try:
+            nb = nbformat.reads(data.decode("utf-8"), as_version=4)
+            nbformat.validate(nb)
+        except Exception as exc:  # nbformat raises many kinds: JSON, validation, version
+            raise InvalidNotebook(f"{path} is not a valid notebook: {_first_line(exc)}") from exc
+        return _plain(nb), stamp
+
+    def write(self, path: str, nb: dict[str, Any]) -> FileStamp:
+        """Validate, then write atomically (temp file in the same directory + rename)."""
+        real = self.resolve(path)
+        node = nbformat.from_dict(nb)
+        try:
+            nbformat.validate(node)
+        except Exception as exc:
+            raise InvalidNotebook(f"refusing to save {path}: {_first_line(exc)}") from exc
+        data = (nbformat.writes(node) + "\n").encode("utf-8")
+        real.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if real.exists():
+                os.chmod(tmp, real.stat().st_mode & 0o777)
+            os.replace(tmp, real)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        st = real.stat()
+        return FileStamp(st.st_mtime_ns, st.st_size, sha256_bytes(data))
+
+    def create(self, path: str) -> dict[str, Any]:
+        """Create an empty notebook; FileExistsError if one is there."""
+        real = self.resolve(path)
+        if real.exists():
+            raise FileExistsError(f"{path} already exists")
+        nb = _plain(nbformat.v4.new_notebook())
+        nb["metadata"] = {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+        }
+        nb["cells"] = [_plain(nbformat.v4.new_code_cell(""))]
+        self.write(path, nb)
+        return nb
+
+    def list(self) -> list[NotebookEntry]:
+        entries = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not d.startswith("."))
+            for filename in sorted(filenames):
+                if not filename.endswith(NOTEBOOK_SUFFIX) or filename.startswith("."):
+                    continue
+                full = Path(dirpath) / filename
+                rel = full.relative_to(self.root).as_posix()
+                try:
+                    self.resolve(rel)
+                    st = full.stat()
+                except (PathError, OSError):
+                    continue
+                entries.append(NotebookEntry(rel, filename, st.st_size, st.st_mtime))
+        return entries
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    """NotebookNode -> plain dicts and lists."""
+    return json.loads(json.dumps(node))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,185 @@
+"""One shared notebook: its server-held document, its peers, and its ordered
+persist-then-relay pipeline.
+
+Every change to the document, whoever made it (a client, the file merger, later
+the kernel agent), is captured by one document observer and goes through the
+same pipeline: appended to the room's durable log, then relayed to every peer
+but the one it came from, encoded once for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from pycrdt import Doc, TransactionEvent
+
+from .awareness import RoomAwareness
+from .protocol import (
+    ProtocolError,
+    encode_awareness,
+    encode_sync_step1,
+    encode_sync_step2,
+    encode_update,
+    read_awareness,
+)
+from .store import Store
+
+logger = logging.getLogger("crdtnb.room")
+
+
+class Peer(Protocol):
+    """A connected client as a room sees it, whatever the transport."""
+
+    def send(self, message: bytes) -> None:
+        """Queue a message without blocking (a slow peer drops itself)."""
+
+
+class RejectedUpdate(ProtocolError):
+    """An update pycrdt refused to apply."""
+
+
+class Room:
+    def __init__(self, name: str, doc: Doc, store: Store) -> None:
+        self.name = name
+        self.doc = doc
+        self.store = store
+        self.awareness = RoomAwareness()
+        self.peers: set[Peer] = set()
+        # Named hooks, called after each batch of changes is durable.
+        self.on_change: list[Callable[[], None]] = []
+        self._origin: Peer | None = None
+        self._outbox: list[tuple[bytes, Peer | None]] = []
+        self._wake = asyncio.Event()
+        self._enqueued = 0
+        self._committed = 0
+        self._committed_changed = asyncio.Condition()
+        self._subscription = doc.observe(self._capture)
+        self._pipeline: asyncio.Task[None] | None = None
+        self.updates_since_snapshot = 0
+        self.bytes_since_snapshot = 0
+
+    def start(self) -> None:
+        self._pipeline = asyncio.create_task(self._run_pipeline(), name=f"room:{self.name}")
+
+    async def close(self) -> None:
+        """Wait until every captured change is durable, then stop."""
+        await self.flushed()
+        self.doc.unobserve(self._subscription)
+        if self._pipeline is not None:
+            self._pipeline.cancel()
+            await asyncio.gather(self._pipeline, return_exceptions=True)
+            self._pipeline = None
+
+    # -- peers --------------------------------------------------------------
+
+    def join(self, peer: Peer) -> None:
+        """Add a peer and send it our state vector and everyone's presence."""
+        self.peers.add(peer)
+        peer.send(encode_sync_step1(self.doc.get_state()))
+        states = self.awareness.encode_all()
+        if states is not None:
+            peer.send(encode_awareness(states))
+
+    def leave(self, peer: Peer) -> None:
+        self.peers.discard(peer)
+        removal = self.awareness.remove_owner(peer)
+        if removal is not None:
+            self.broadcast(encode_awareness(removal), exclude=peer)
+
+    def broadcast(self, message: bytes, exclude: Peer | None = None) -> None:
+        for peer in list(self.peers):
+            if peer is not exclude:
+                peer.send(message)
+
+    # -- messages (one small handler per kind) ------------------------------
+
+    async def on_sync_step1(self, peer: Peer, state_vector: bytes) -> None:
+        """Answer with what the peer lacks, once everything in it is durable."""
+        try:
+            update = self.doc.get_update(state_vector)
+        except ValueError as exc:
+            raise ProtocolError(f"invalid state vector: {exc}") from exc
+        await self.flushed()
+        peer.send(encode_sync_step2(update))
+
+    def on_update(self, peer: Peer | None, update: bytes) -> None:
+        """Apply a peer's update; the observer persists and relays it."""
+        self._origin = peer
+        try:
+            self.doc.apply_update(update)
+        except ValueError as exc:
+            raise RejectedUpdate(f"update rejected: {exc}") from exc
+        finally:
+            self._origin = None
+
+    def on_awareness(self, peer: Peer, payload: bytes) -> None:
+        entries = read_awareness(payload)
+        for entry in entries:
+            if entry.state != "null":
+                _check_json(entry.state)
+        accepted = self.awareness.apply(entries, owner=peer)
+        if accepted:
+            self.broadcast(encode_awareness(payload), exclude=peer)
+
+    def on_query_awareness(self, peer: Peer) -> None:
+        states = self.awareness.encode_all()
+        if states is not None:
+            peer.send(encode_awareness(states))
+
+    # -- the persist-then-relay pipeline ---------------------------------------
+
+    def _capture(self, event: TransactionEvent) -> None:
+        self._outbox.append((event.update, self._origin))
+        self._enqueued += 1
+        self._wake.set()
+
+    async def flushed(self) -> None:
+        """Return once every change captured so far is in the store."""
+        target = self._enqueued
+        async with self._committed_changed:
+            await self._committed_changed.wait_for(lambda: self._committed >= target)
+
+    async def _run_pipeline(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._outbox = self._outbox, []
+            if not batch:
+                continue
+            await self._persist([update for update, _ in batch])
+            async with self._committed_changed:
+                self._committed += len(batch)
+                self._committed_changed.notify_all()
+            for update, origin in batch:
+                self.broadcast(encode_update(update), exclude=origin)
+            for hook in self.on_change:
+                hook()
+
+    async def _persist(self, updates: list[bytes]) -> None:
+        """Append to the log; on a storage fault keep retrying rather than relay
+        something that is not durable."""
+        delay = 0.05
+        while True:
+            try:
+                await self.store.append(self.name, updates)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("room %s: storing %d updates failed; retrying", self.name, len(updates))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.updates_since_snapshot += len(updates)
+            self.bytes_since_snapshot += sum(map(len, updates))
+            return
+
+
+def _check_json(text: str) -> None:
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError("awareness state is not JSON") from exc

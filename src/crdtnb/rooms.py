@@ -1,0 +1,168 @@
+"""The set of open rooms: loading on first use, eviction when idle, compaction, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from pycrdt import Doc
+
+from .files import NotebookFiles
+from .filesync import FileSync
+from .notebook import load_notebook
+from .room import Room
+from .store import Store
+
+logger = logging.getLogger("crdtnb.rooms")
+
+
+@dataclass
+class RoomSettings:
+    idle_timeout: float = 60.0  # seconds a room with no holder stays loaded
+    save_delay: float = 1.0
+    save_max_delay: float = 10.0
+    poll_interval: float = 1.0  # how often open files are checked for outside changes
+    compact_after_updates: int = 1000
+    compact_after_bytes: int = 8 * 2**20
+
+
+class _OpenRoom:
+    def __init__(self, room: Room, file_sync: FileSync) -> None:
+        self.room = room
+        self.file_sync = file_sync
+        self.holders = 0
+        self.evict_timer: asyncio.TimerHandle | None = None
+        self.compaction: asyncio.Task[None] | None = None
+
+
+class RoomManager:
+    def __init__(self, files: NotebookFiles, store: Store, settings: RoomSettings | None = None) -> None:
+        self.files = files
+        self.store = store
+        self.settings = settings or RoomSettings()
+        self._open: dict[str, _OpenRoom] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._closing = False
+
+    @property
+    def rooms(self) -> dict[str, Room]:
+        return {name: entry.room for name, entry in self._open.items()}
+
+    def file_sync(self, name: str) -> FileSync | None:
+        entry = self._open.get(name)
+        return entry.file_sync if entry else None
+
+    @asynccontextmanager
+    async def hold(self, path: str) -> AsyncIterator[Room]:
+        """Keep a room loaded for the duration of the block (a connection, a kernel run)."""
+        room = await self.acquire(path)
+        try:
+            yield room
+        finally:
+            self.release(room)
+
+    async def acquire(self, path: str) -> Room:
+        """The room for a notebook path, loaded if needed; the caller must release() it."""
+        if self._closing:
+            raise RuntimeError("the server is shutting down")
+        name = self.files.normalize(path)
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            entry = self._open.get(name)
+            if entry is None:
+                entry = await self._load(name)
+                self._open[name] = entry
+            entry.holders += 1
+            if entry.evict_timer is not None:
+                entry.evict_timer.cancel()
+                entry.evict_timer = None
+            return entry.room
+
+    def release(self, room: Room) -> None:
+        entry = self._open.get(room.name)
+        if entry is None or entry.room is not room:
+            return
+        entry.holders -= 1
+        if entry.holders == 0 and not self._closing:
+            loop = asyncio.get_running_loop()
+            entry.evict_timer = loop.call_later(
+                self.settings.idle_timeout, lambda: asyncio.create_task(self._evict(room.name, entry))
+            )
+
+    async def _load(self, name: str) -> _OpenRoom:
+        doc = Doc()
+        updates = await self.store.load(name)
+        fresh = not updates
+        if fresh:
+            nb, _ = await asyncio.to_thread(self.files.read, name)
+            load_notebook(doc, nb)
+        else:
+            # Raises if the file is gone or invalid: a room is only served for a real notebook.
+            await asyncio.to_thread(self.files.read, name)
+            with doc.transaction():
+                for update in updates:
+                    doc.apply_update(update)
+        room = Room(name, doc, self.store)
+        if fresh:
+            await self.store.append(name, [doc.get_update()])
+        room.updates_since_snapshot = len(updates)
+        room.start()
+        s = self.settings
+        file_sync = await FileSync.open(
+            room,
+            self.files,
+            self.store,
+            save_delay=s.save_delay,
+            save_max_delay=s.save_max_delay,
+            poll_interval=s.poll_interval,
+        )
+        file_sync.start()
+        entry = _OpenRoom(room, file_sync)
+        room.on_change.append(lambda: self._maybe_compact(entry))
+        logger.info("opened room %s (%s)", name, "from file" if fresh else f"{len(updates)} stored updates")
+        return entry
+
+    def _maybe_compact(self, entry: _OpenRoom) -> None:
+        room = entry.room
+        s = self.settings
+        over = room.updates_since_snapshot > s.compact_after_updates or room.bytes_since_snapshot > s.compact_after_bytes
+        if over and (entry.compaction is None or entry.compaction.done()):
+            entry.compaction = asyncio.create_task(self._compact(room))
+
+    async def _compact(self, room: Room) -> None:
+        try:
+            await room.flushed()
+            await self.store.compact(room.name)
+            room.updates_since_snapshot = 0
+            room.bytes_since_snapshot = 0
+        except Exception:
+            logger.exception("compaction of %s failed", room.name)
+
+    async def _evict(self, name: str, entry: _OpenRoom) -> None:
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if self._open.get(name) is not entry or entry.holders > 0:
+                return
+            await self._close_entry(entry)
+            del self._open[name]
+            logger.info("evicted idle room %s", name)
+
+    async def _close_entry(self, entry: _OpenRoom) -> None:
+        if entry.evict_timer is not None:
+            entry.evict_timer.cancel()
+        await entry.file_sync.close()
+        await entry.room.close()
+        if entry.compaction is not None:
+            await asyncio.gather(entry.compaction, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Save every room to the store and to disk."""
+        self._closing = True
+        for name, entry in list(self._open.items()):
+            try:
+                await self._close_entry(entry)
+            except Exception:
+                logger.exception("closing room %s failed", name)
+        self._open.clear()

@@ -1,0 +1,163 @@
+"""Shared fixtures: a real crdtnb daemon in a subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nbformat
+import pytest
+
+from crdtnb.client import NotebookClient, connect
+
+TOKEN = "test-token-not-secret"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_notebook(path: Path, sources: list[str], cell_type: str = "code") -> Path:
+    nb = nbformat.v4.new_notebook()
+    maker = nbformat.v4.new_code_cell if cell_type == "code" else nbformat.v4.new_markdown_cell
+    nb.cells = [maker(source) for source in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+def read_sources(path: Path) -> list[str]:
+    """Cell sources as saved on disk (nbformat splits them into lines)."""
+    return ["".join(cell["source"]) for cell in json.loads(path.read_text())["cells"]]
+
+
+class Daemon:
+    """``crdtnb serve`` as a child process, started and stopped by the test."""
+
+    def __init__(self, root: Path, *args: str, token: str = TOKEN, state_dir: Path | None = None) -> None:
+        self.root = root
+        self.args = list(args)
+        self.token = token
+        self.state_dir = state_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = root.parent / f"daemon-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> Daemon:
+        cmd = [sys.executable, "-m", "crdtnb", "serve", str(self.root), "--port", str(self.port), "--token", self.token]
+        if self.state_dir is not None:
+            cmd += ["--state-dir", str(self.state_dir)]
+        cmd += self.args
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daemon exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM: the daemon saves everything and exits."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> Daemon:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self.start()
+
+    async def connect(self, path: str, **kwargs: Any) -> NotebookClient:
+        kwargs.setdefault("token", self.token)
+        return await connect(self.url, path, **kwargs)
+
+    def get(self, route: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(f"{self.url}{route}", params={"token": self.token}, timeout=10, **kwargs)
+
+    def post(self, route: str, **kwargs: Any) -> httpx.Response:
+        return httpx.post(f"{self.url}{route}", params={"token": self.token}, timeout=10, **kwargs)
+
+    def notebook(self, path: str) -> dict[str, Any]:
+        response = self.get(f"/api/notebooks/{path}")
+        response.raise_for_status()
+        return response.json()
+
+    def health(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/api/health", timeout=5).json()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A notebook root with a small notebook and a copy of the examples."""
+    directory = tmp_path / "root"
+    write_notebook(directory / "nb.ipynb", ["a = 1", "print('héllo')"])
+    if EXAMPLES.is_dir():
+        shutil.copytree(EXAMPLES, directory / "examples", ignore=shutil.ignore_patterns(".crdtnb", "*.py"))
+    return directory
+
+
+@pytest.fixture
+def daemon_factory(root: Path) -> Iterator[Any]:
+    started: list[Daemon] = []
+
+    def make(*args: str, **kwargs: Any) -> Daemon:
+        daemon = Daemon(kwargs.pop("root", root), *args, **kwargs)
+        started.append(daemon)
+        return daemon.start()
+
+    yield make
+    for daemon in started:
+        if daemon.process is not None:
+            try:
+                daemon.stop(10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+
+
+@pytest.fixture
+def daemon(daemon_factory: Any) -> Daemon:
+    return daemon_factory()
+
+
+async def eventually(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Poll a (blocking, quick) predicate without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(predicate):
+            return
+        await asyncio.sleep(interval)
+    assert await asyncio.to_thread(predicate), "condition not met in time"
