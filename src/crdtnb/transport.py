@@ -74,6 +74,8 @@ class WebSocketPeer:
         self._queued_bytes = 0
         self._ready = asyncio.Event()
         self._close: tuple[int, str] | None = None
+        # Set when the writer itself may be stuck behind a client that stopped reading.
+        self.overflowed = asyncio.Event()
 
     @property
     def closing(self) -> bool:
@@ -101,6 +103,7 @@ class WebSocketPeer:
             if code == CloseCode.TRY_AGAIN_LATER:
                 self._queue.clear()
                 self._queued_bytes = 0
+                self.overflowed.set()
             self._ready.set()
 
     async def run_writer(self) -> None:
@@ -122,11 +125,18 @@ async def run_peer(websocket: WebSocket, room: Room, *, can_write: bool, limits:
     peer = WebSocketPeer(websocket, limits, label)
     writer = asyncio.create_task(peer.run_writer(), name=f"writer:{label}")
     reader = asyncio.create_task(_read_frames(websocket, peer, room, can_write, limits), name=f"reader:{label}")
+    overflow = asyncio.create_task(peer.overflowed.wait())
     room.join(peer)
     try:
-        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if writer in done:
-            # We closed (overflow) or the socket failed: stop reading.
+        done, _ = await asyncio.wait({reader, writer, overflow}, return_when=asyncio.FIRST_COMPLETED)
+        if overflow in done:
+            # The writer is probably blocked on a full socket: abandon it and close.
+            reader.cancel()
+            writer.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+            await _close_quietly(websocket, CloseCode.TRY_AGAIN_LATER, "send queue overflow", limits.close_timeout)
+        elif writer in done:
+            # The socket failed while writing: stop reading.
             reader.cancel()
         else:
             client_gone = reader.exception() is None and reader.result()
@@ -140,7 +150,15 @@ async def run_peer(websocket: WebSocket, room: Room, *, can_write: bool, limits:
                     writer.cancel()
         await asyncio.gather(reader, writer, return_exceptions=True)
     finally:
+        overflow.cancel()
         room.leave(peer)
+
+
+async def _close_quietly(websocket: WebSocket, code: int, reason: str, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(websocket.close(code, reason), timeout)
+    except Exception:
+        pass  # the client is unreachable; the server drops the socket when we return
 
 
 async def _read_frames(websocket: WebSocket, peer: WebSocketPeer, room: Room, can_write: bool, limits: TransportLimits) -> bool:
