@@ -19,7 +19,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, Router, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from .auth import Action, Authenticate, Authorize, TokenAuth, User, allow_all, call_hook
@@ -51,10 +51,13 @@ class NotebookSync:
         token: str | None = None,
         settings: RoomSettings | None = None,
         limits: TransportLimits | None = None,
+        compact_after_updates: int = 1000,
     ) -> None:
         self.files = NotebookFiles(root)
         self.state_dir = Path(state_dir) if state_dir else self.files.root / ".crdtnb"
-        self.store = store or SQLiteStore(self.state_dir / "crdtnb.sqlite3")
+        self.store = store or SQLiteStore(
+            self.state_dir / "crdtnb.sqlite3", compact_threshold_rows=compact_after_updates
+        )
         if authenticate is None:
             if token is None:
                 raise ValueError("give a token or an authenticate hook (crdtnb.auth.anonymous to allow everyone)")
@@ -65,7 +68,7 @@ class NotebookSync:
         self.limits = limits or TransportLimits()
         self.started = False
         self._connections = 0
-        self._router = Starlette(routes=self.routes)
+        self._router = Router(routes=self.routes)
 
     @property
     def routes(self) -> list[BaseRoute]:

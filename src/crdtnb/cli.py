@@ -50,10 +50,16 @@ def _serve(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         save_delay=args.save_delay,
         poll_interval=args.poll_interval,
-        compact_after_updates=args.compact_after,
     )
     limits = TransportLimits(max_frame_bytes=args.max_frame_bytes, max_queue_bytes=args.max_send_queue_bytes)
-    app = create_app(root, token=token, state_dir=args.state_dir, settings=settings, limits=limits)
+    app = create_app(
+        root,
+        token=token,
+        state_dir=args.state_dir,
+        settings=settings,
+        limits=limits,
+        compact_after_updates=args.compact_after,
+    )
     sync: NotebookSync = app.state.sync
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"crdtnb serving {sync.files.root} (state in {sync.state_dir})", flush=True)

@@ -59,8 +59,6 @@ class Room:
         self._committed_changed = asyncio.Condition()
         self._subscription = doc.observe(self._capture)
         self._pipeline: asyncio.Task[None] | None = None
-        self.updates_since_snapshot = 0
-        self.bytes_since_snapshot = 0
 
     def start(self) -> None:
         self._pipeline = asyncio.create_task(self._run_pipeline(), name=f"room:{self.name}")
@@ -173,8 +171,6 @@ class Room:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            self.updates_since_snapshot += len(updates)
-            self.bytes_since_snapshot += sum(map(len, updates))
             return
 
 

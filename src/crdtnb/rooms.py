@@ -25,8 +25,6 @@ class RoomSettings:
     save_delay: float = 1.0
     save_max_delay: float = 10.0
     poll_interval: float = 1.0  # how often open files are checked for outside changes
-    compact_after_updates: int = 1000
-    compact_after_bytes: int = 8 * 2**20
 
 
 class _OpenRoom:
@@ -108,7 +106,6 @@ class RoomManager:
         room = Room(name, doc, self.store)
         if fresh:
             await self.store.append(name, [doc.get_update()])
-        room.updates_since_snapshot = len(updates)
         room.start()
         s = self.settings
         file_sync = await FileSync.open(
@@ -126,18 +123,14 @@ class RoomManager:
         return entry
 
     def _maybe_compact(self, entry: _OpenRoom) -> None:
-        room = entry.room
-        s = self.settings
-        over = room.updates_since_snapshot > s.compact_after_updates or room.bytes_since_snapshot > s.compact_after_bytes
-        if over and (entry.compaction is None or entry.compaction.done()):
-            entry.compaction = asyncio.create_task(self._compact(room))
+        """Off the hot path: merge a long log into one snapshot (one at a time per room)."""
+        busy = entry.compaction is not None and not entry.compaction.done()
+        if not busy and self.store.needs_compaction(entry.room.name):
+            entry.compaction = asyncio.create_task(self._compact(entry.room))
 
     async def _compact(self, room: Room) -> None:
         try:
-            await room.flushed()
             await self.store.compact(room.name)
-            room.updates_since_snapshot = 0
-            room.bytes_since_snapshot = 0
         except Exception:
             logger.exception("compaction of %s failed", room.name)
 

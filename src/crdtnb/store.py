@@ -1,0 +1,787 @@
+"""Durable storage for the rooms' Yjs update logs.
+
+Every update a room accepts is appended here *before* it is relayed, so nothing a client has
+seen is lost on ``kill -9``. The room layer only knows the :class:`Store` protocol;
+:class:`SQLiteStore` is the default implementation:
+
+* One writer thread owns the only write connection. Jobs (appends, meta writes, compaction
+  swaps, deletes) queue up while a transaction commits and then share the next transaction
+  (group commit), so 50 rooms typing at once cost one commit, not 50.
+* Reads run on a small pool of reader threads, each with its own connection. WAL lets them read
+  a consistent snapshot while the writer commits: loading a big room never delays appends on
+  the relay's hot path, and a slow commit never delays a room from opening.
+* Compaction reads and merges the log on a reader thread, then hands the writer a short,
+  validated "replace rows <= seq by this snapshot" job.
+
+The asyncio loop never touches the disk: every SQLite call runs on one of these threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from pycrdt import Doc, get_update, merge_updates
+
+__all__ = [
+    "CompactionError",
+    "SCHEMA_VERSION",
+    "SQLiteStore",
+    "Store",
+    "StoreClosedError",
+    "StoreError",
+    "decode_state_vector",
+    "merge_log",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 10.0  # waits out locks held by a checkpoint or an external sqlite3 shell
+MAX_BATCH_JOBS = 1000  # caps one transaction so the first caller in a burst is not held back
+READ_THREADS = 2  # a load can proceed while a compaction merges on the other thread
+
+_SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+
+
+class StoreError(Exception):
+    """A storage operation failed."""
+
+
+class StoreClosedError(StoreError):
+    """The store is not started, or has been closed."""
+
+
+class CompactionError(StoreError):
+    """A log could not be merged safely; the log was left untouched."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the room layer needs from storage; one log of Yjs updates per room."""
+
+    async def start(self) -> None:
+        """Open the storage; must be awaited before any other call."""
+        ...
+
+    async def close(self) -> None:
+        """Commit every append already requested, then release the storage."""
+        ...
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> None:
+        """Return once `updates` are durably committed, after everything appended before."""
+        ...
+
+    async def load(self, room: str) -> list[bytes]:
+        """The room's snapshot (if any) followed by its updates, in append order."""
+        ...
+
+    async def compact(self, room: str) -> None:
+        """Replace the room's log by one snapshot; updates appended meanwhile are kept."""
+        ...
+
+    def needs_compaction(self, room: str) -> bool:
+        """Cheap, non-blocking: has the room's log grown past the compaction thresholds?"""
+        ...
+
+    async def log_size(self, room: str) -> tuple[int, int]:
+        """(rows, bytes) of updates stored since the room's last snapshot."""
+        ...
+
+    async def get_meta(self, room: str, key: str) -> bytes | None:
+        """A small per-room blob, e.g. the file's base state and hash."""
+        ...
+
+    async def set_meta(self, room: str, key: str, value: bytes) -> None:
+        """Durably store a small per-room blob."""
+        ...
+
+    async def delete_room(self, room: str) -> None:
+        """Forget the room: its snapshot, updates and meta."""
+        ...
+
+    async def rooms(self) -> list[str]:
+        """Names of the rooms that have anything stored, sorted."""
+        ...
+
+
+# --- merging a log ------------------------------------------------------------------------
+
+
+class _Lib0:
+    """Just enough of lib0's decoder to read state vectors and delete sets."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def var_uint(self) -> int:
+        result = shift = 0
+        while True:
+            byte = self._data[self._pos]
+            self._pos += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return result
+            shift += 7
+
+
+def decode_state_vector(state: bytes) -> dict[int, int]:
+    """client id -> next expected clock. Compare these, not bytes: the encoding's order is free."""
+    reader = _Lib0(state)
+    return {reader.var_uint(): reader.var_uint() for _ in range(reader.var_uint())}
+
+
+def _unintegrated(update: bytes, state: bytes, clocks: dict[int, int]) -> bytes | None:
+    """The part of `update` a doc with `state` holds only as pending, or None.
+
+    Yrs keeps updates whose dependencies are missing aside as "pending" and leaves them out of
+    Doc.get_update(); a snapshot built from get_update() alone would silently drop them.
+    """
+    rest = get_update(update, state)  # v1: structs section, then delete set
+    reader = _Lib0(rest)
+    if reader.var_uint():  # structs the doc could not integrate
+        return rest
+    for _ in range(reader.var_uint()):
+        client = reader.var_uint()
+        for _ in range(reader.var_uint()):
+            clock, length = reader.var_uint(), reader.var_uint()
+            if clock + length > clocks.get(client, 0):  # deletes items the doc has not seen yet
+                return rest
+    return None
+
+
+@contextlib.contextmanager
+def _merge_step(what: str) -> Iterator[None]:
+    """Any failure while merging becomes a CompactionError, and the log stays as it is."""
+    try:
+        yield
+    # BaseException: pyo3 turns Rust panics into PanicException, which derives from it
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, CompactionError)):
+            raise
+        raise CompactionError(f"{what}: {exc!r}") from exc
+
+
+def merge_log(updates: Sequence[bytes]) -> bytes:
+    """One update that rebuilds the same document as applying `updates` in order.
+
+    Builds the state in a fresh Doc (deleted content is garbage-collected, so the snapshot is
+    smaller than the log) and merges back any pending parts. The result is checked by rebuilding
+    from it: a merge that does not reproduce the state vector raises instead of replacing the
+    history (pycrdt-store 0.1.5 replaced it with an empty document).
+    """
+    doc: Doc[Any] = Doc()
+    for index, update in enumerate(updates):
+        with _merge_step(f"update {index} of the log cannot be applied"):
+            doc.apply_update(update)
+    with _merge_step("cannot merge the log"):
+        state = doc.get_state()
+        clocks = decode_state_vector(state)
+        snapshot = doc.get_update()
+        pending = [rest for u in updates if (rest := _unintegrated(u, state, clocks)) is not None]
+        if pending:
+            snapshot = merge_updates(snapshot, *pending)
+        check: Doc[Any] = Doc()
+        check.apply_update(snapshot)
+        rebuilt = decode_state_vector(check.get_state())
+    if rebuilt != clocks:
+        raise CompactionError("the merged snapshot does not rebuild the logged state")
+    return snapshot
+
+
+# --- SQLite plumbing ----------------------------------------------------------------------
+
+# Migration steps: _MIGRATIONS[v] upgrades a database at version v - 1 to version v.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        # AUTOINCREMENT everywhere: ids are never reused, so a compaction planned against a
+        # deleted room can never land on a new room, and seq only ever grows.
+        """CREATE TABLE rooms (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            snapshot BLOB,                          -- merge of every update with seq <= snapshot_seq
+            snapshot_seq INTEGER NOT NULL DEFAULT 0 -- 0: no snapshot yet
+        )""",
+        """CREATE TABLE updates (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- global append order
+            room_id INTEGER NOT NULL,
+            data BLOB NOT NULL
+        )""",
+        # SQLite appends the rowid (seq) to every index, so this also orders a room's rows.
+        "CREATE INDEX updates_by_room ON updates (room_id)",
+        """CREATE TABLE meta (
+            room_id INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            value BLOB NOT NULL,
+            PRIMARY KEY (room_id, key)
+        ) WITHOUT ROWID""",
+    ),
+}
+
+
+def _connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, to batch jobs into one transaction
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{path}: cannot use WAL journal mode (got {mode!r})")
+        # NORMAL in WAL mode: a commit survives the process being killed, not a power loss
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_reader(path: Path) -> sqlite3.Connection:
+    # check_same_thread=False only so close() can run on another thread once the pool is down
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+@contextlib.contextmanager
+def _read_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """Several SELECTs that must see the same commit (e.g. a snapshot and the rows after it)."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")  # a read transaction: this only releases the WAL snapshot
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"database schema v{version} is newer than this crdtnb (v{SCHEMA_VERSION})")
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        for statement in _MIGRATIONS[target]:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {target}")
+
+
+def _room_id(conn: sqlite3.Connection, room: str, *, create: bool) -> int | None:
+    # Not cached: a cached id would outlive a rolled-back INSERT. The lookup hits a unique index.
+    found = conn.execute("SELECT id FROM rooms WHERE name = ?", (room,)).fetchall()
+    if found:
+        return int(found[0][0])
+    if not create:
+        return None
+    room_id = conn.execute("INSERT INTO rooms (name) VALUES (?)", (room,)).lastrowid
+    assert room_id is not None  # set by every successful INSERT
+    return room_id
+
+
+# --- the writer thread --------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Job:
+    fn: Callable[[sqlite3.Connection], Any]
+    on_commit: Callable[[Any], None] | None
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+@dataclass(eq=False)
+class _Stop:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+_Outcome = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Any, "BaseException | None"]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """Runs on the loop: hand each caller its result."""
+    for _, future, result, error in outcomes:
+        if future.done():  # the caller was cancelled; its job still ran (appends are not undone)
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _deliver(outcomes: list[_Outcome]) -> None:
+    """Runs on the writer: one wake-up per loop per batch, not one per job."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0], []).append(outcome)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle, items)
+
+
+class _Writer:
+    """The one thread that writes. Jobs queued while a transaction commits form the next one.
+
+    Each job runs inside its own SAVEPOINT, so a failing job is rolled back alone and its error
+    goes to its caller; the rest of the batch still commits. If the transaction as a whole fails,
+    every caller in the batch gets the error. The thread itself only stops on stop().
+    """
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._queue: queue.SimpleQueue[_Job | _Stop] = queue.SimpleQueue()
+        # daemon: if the owner never calls close(), the process can still exit. Nothing acked is
+        # lost by that: acks are only sent after COMMIT.
+        self._thread = threading.Thread(target=self._run, name="crdtnb-store-writer", daemon=True)
+        self.commits = 0  # committed transactions, to observe group commit
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        on_commit: Callable[[T], None] | None = None,
+    ) -> asyncio.Future[T]:
+        """Queue `fn(conn)`; `on_commit(result)` runs on the writer thread once it is committed.
+
+        Synchronous up to the queue, so jobs keep the order in which callers submitted them.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(fn, on_commit, loop, future))
+        return future
+
+    async def stop(self) -> None:
+        """Run every job queued so far, close the connection, end the thread."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Stop(loop, future))
+        try:
+            await future
+        finally:
+            await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        try:
+            conn = _connect_writer(self._path, self._synchronous)
+        except BaseException as exc:
+            self._refuse_until_stopped(StoreError(f"cannot open {self._path}: {exc}"), exc)
+            return
+        stop: _Stop | None = None
+        while stop is None:
+            batch: list[_Job] = []
+            item = self._queue.get()
+            while True:
+                if isinstance(item, _Stop):
+                    stop = item
+                    break
+                batch.append(item)
+                if len(batch) >= MAX_BATCH_JOBS:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._run_batch(conn, batch)
+        try:
+            conn.close()
+        except BaseException as exc:
+            _deliver([(stop.loop, stop.future, None, exc)])
+        else:
+            _deliver([(stop.loop, stop.future, None, None)])
+        self._refuse_leftovers()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                outcomes.append(self._run_job(conn, job))
+            conn.execute("COMMIT")
+        except BaseException as exc:  # nothing of this batch is committed
+            with contextlib.suppress(BaseException):
+                conn.execute("ROLLBACK")
+            logger.warning("store transaction of %d jobs failed: %r", len(batch), exc)
+            _deliver([(job.loop, job.future, None, exc) for job in batch])
+            return
+        self.commits += 1
+        for job, result, error in outcomes:
+            if error is None and job.on_commit is not None:
+                try:
+                    job.on_commit(result)
+                except BaseException:  # bookkeeping only; the data is committed
+                    logger.exception("store on_commit hook failed")
+        _deliver([(job.loop, job.future, result, error) for job, result, error in outcomes])
+
+    @staticmethod
+    def _run_job(conn: sqlite3.Connection, job: _Job) -> tuple[_Job, Any, BaseException | None]:
+        conn.execute("SAVEPOINT job")
+        try:
+            result = job.fn(conn)
+        except BaseException as exc:
+            conn.execute("ROLLBACK TO job")  # undo this job only
+            conn.execute("RELEASE job")
+            return job, None, exc
+        conn.execute("RELEASE job")
+        return job, result, None
+
+    def _refuse_until_stopped(self, error: StoreError, cause: BaseException) -> None:
+        """The connection never opened: fail every job (rather than hang) until stop()."""
+        error.__cause__ = cause
+        while True:
+            item = self._queue.get()
+            if isinstance(item, _Stop):
+                _deliver([(item.loop, item.future, None, None)])
+                self._refuse_leftovers()
+                return
+            _deliver([(item.loop, item.future, None, error)])
+
+    def _refuse_leftovers(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            _deliver([(item.loop, item.future, None, StoreClosedError("the store is closed"))])
+
+
+# --- the reader threads -------------------------------------------------------------------
+
+
+class _Readers:
+    """Reader threads, each with its own connection: WAL lets them read while the writer commits."""
+
+    def __init__(self, path: Path, threads: int = READ_THREADS) -> None:
+        self._path = path
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="crdtnb-store-read")
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect_reader(self._path)
+            with self._lock:
+                self._conns.append(conn)
+        return fn(conn)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._shutdown)
+
+    def _shutdown(self) -> None:
+        self._pool.shutdown(wait=True)  # lets running reads finish
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CompactionPlan:
+    room_id: int
+    base_seq: int  # snapshot_seq the plan was built on
+    max_seq: int  # last update merged into the new snapshot
+    rows: int  # update rows merged (not counting the old snapshot)
+    nbytes: int
+    snapshot: bytes
+
+
+def _as_blobs(updates: Sequence[bytes]) -> list[bytes]:
+    if isinstance(updates, (bytes, bytearray, memoryview)):
+        raise TypeError("append() takes a sequence of updates, not a single bytes object")
+    blobs = []
+    for update in updates:
+        if not isinstance(update, (bytes, bytearray, memoryview)):
+            raise TypeError(f"an update must be bytes, not {type(update).__name__}")
+        blobs.append(bytes(update))
+    return blobs
+
+
+def _check_room(room: str) -> None:
+    if not isinstance(room, str) or not room:
+        raise ValueError(f"a room name must be a non-empty str, not {room!r}")
+
+
+_NEW, _OPEN, _CLOSED = "new", "open", "closed"
+
+
+class SQLiteStore(Store):
+    """The default Store: one SQLite file in WAL mode holding every room's log.
+
+    Compaction is the room layer's call: it checks `needs_compaction(room)` after an append
+    (an in-memory lookup) and runs `compact(room)` off the hot path.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        compact_threshold_rows: int = 1000,
+        compact_threshold_bytes: int = 8 * 2**20,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        mode = synchronous.upper()
+        if mode not in _SYNCHRONOUS_MODES:  # it goes into a PRAGMA: accept known words only
+            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}, not {synchronous!r}")
+        self.path = Path(path)
+        self.compact_threshold_rows = compact_threshold_rows
+        self.compact_threshold_bytes = compact_threshold_bytes
+        self._writer = _Writer(self.path, mode)
+        self._readers = _Readers(self.path)
+        # room -> (rows, bytes) since its snapshot. Seeded at start, then changed only by the
+        # writer thread after a commit, so it is exact; the loop reads it without I/O.
+        self._log_sizes: dict[str, tuple[int, int]] = {}
+        self._compacting = asyncio.Lock()  # one merge at a time: bounds CPU and memory
+        self._state = _NEW
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed since start (group commit makes this < appends)."""
+        return self._writer.commits
+
+    async def __aenter__(self) -> SQLiteStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._state is not _NEW:
+            raise StoreError(f"store {self.path} was already started")
+        self._state = _OPEN
+        self._writer.start()
+        try:
+            await self._submit(self._init_db, self._log_sizes.update)
+        except BaseException:
+            await self.close()
+            raise
+
+    @staticmethod
+    def _init_db(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+        _migrate(conn)
+        rows = conn.execute(
+            "SELECT rooms.name, count(*), sum(length(updates.data))"
+            " FROM updates JOIN rooms ON rooms.id = updates.room_id GROUP BY rooms.name"
+        ).fetchall()
+        return {name: (count, nbytes) for name, count, nbytes in rows}
+
+    async def close(self) -> None:
+        if self._state is _CLOSED:
+            return
+        started = self._state is _OPEN
+        self._state = _CLOSED  # from here on, new calls fail; queued appends still commit
+        if not started:
+            return
+        try:
+            await self._writer.stop()
+        finally:
+            await self._readers.close()
+
+    def _check_open(self) -> None:
+        if self._state is not _OPEN:
+            what = "not started" if self._state is _NEW else "closed"
+            raise StoreClosedError(f"store {self.path} is {what}")
+
+    def _submit(
+        self, fn: Callable[[sqlite3.Connection], T], on_commit: Callable[[T], None] | None = None
+    ) -> asyncio.Future[T]:
+        # Checked in the same step as the put: once close() has queued its stop, nothing may
+        # follow it (the writer would never run it).
+        self._check_open()
+        return self._writer.submit(fn, on_commit)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._check_open()
+        return await self._readers.run(fn)
+
+    # writes
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> None:
+        self._check_open()
+        _check_room(room)
+        blobs = _as_blobs(updates)
+        if not blobs:
+            return
+        nbytes = sum(map(len, blobs))
+
+        def write(conn: sqlite3.Connection) -> None:
+            room_id = _room_id(conn, room, create=True)
+            conn.executemany("INSERT INTO updates (room_id, data) VALUES (?, ?)", [(room_id, blob) for blob in blobs])
+
+        def committed(_: None) -> None:
+            rows, size = self._log_sizes.get(room, (0, 0))
+            self._log_sizes[room] = (rows + len(blobs), size + nbytes)
+
+        await self._submit(write, committed)
+
+    async def set_meta(self, room: str, key: str, value: bytes) -> None:
+        self._check_open()
+        _check_room(room)
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a meta value must be bytes, not {type(value).__name__}")
+        blob = bytes(value)
+
+        def write(conn: sqlite3.Connection) -> None:
+            room_id = _room_id(conn, room, create=True)
+            conn.execute(
+                "INSERT INTO meta (room_id, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (room_id, key) DO UPDATE SET value = excluded.value",
+                (room_id, key, blob),
+            )
+
+        await self._submit(write)
+
+    async def delete_room(self, room: str) -> None:
+        self._check_open()
+        _check_room(room)
+
+        def write(conn: sqlite3.Connection) -> None:
+            room_id = _room_id(conn, room, create=False)
+            if room_id is None:
+                return
+            conn.execute("DELETE FROM updates WHERE room_id = ?", (room_id,))
+            conn.execute("DELETE FROM meta WHERE room_id = ?", (room_id,))
+            conn.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
+
+        def committed(_: None) -> None:
+            self._log_sizes.pop(room, None)
+
+        await self._submit(write, committed)
+
+    # compaction
+
+    def needs_compaction(self, room: str) -> bool:
+        rows, nbytes = self._log_sizes.get(room, (0, 0))
+        return rows > 0 and (rows >= self.compact_threshold_rows or nbytes >= self.compact_threshold_bytes)
+
+    async def compact(self, room: str) -> None:
+        """Merge the room's snapshot and updates up to the current max seq into a new snapshot.
+
+        Read and merge run on a reader thread against one WAL snapshot; the writer then swaps
+        snapshot and rows in one short transaction. That swap re-checks that the room still has
+        the snapshot the merge started from: rows <= max_seq are immutable otherwise (seq only
+        grows), so the result is the same as doing all of it in one transaction, without holding
+        up appends while pycrdt merges.
+        """
+        self._check_open()
+        _check_room(room)
+        async with self._compacting:
+            plan = await self._read(lambda conn: self._plan_compaction(conn, room))
+            if plan is None:
+                return
+
+            def swap(conn: sqlite3.Connection) -> bool:
+                found = conn.execute("SELECT snapshot_seq FROM rooms WHERE id = ?", (plan.room_id,)).fetchall()
+                if not found:
+                    return False  # deleted meanwhile: nothing left to compact
+                if found[0][0] != plan.base_seq:
+                    raise CompactionError(f"room {room!r} was compacted by someone else meanwhile")
+                conn.execute(
+                    "UPDATE rooms SET snapshot = ?, snapshot_seq = ? WHERE id = ?",
+                    (plan.snapshot, plan.max_seq, plan.room_id),
+                )
+                deleted = conn.execute(
+                    "DELETE FROM updates WHERE room_id = ? AND seq <= ?", (plan.room_id, plan.max_seq)
+                ).rowcount
+                if deleted != plan.rows:  # rolls back this job: the log stays as it was
+                    raise CompactionError(f"room {room!r}: expected to merge {plan.rows} rows, found {deleted}")
+                return True
+
+            def committed(swapped: bool) -> None:
+                if swapped:
+                    rows, nbytes = self._log_sizes.get(room, (0, 0))
+                    self._log_sizes[room] = (max(rows - plan.rows, 0), max(nbytes - plan.nbytes, 0))
+
+            await self._submit(swap, committed)
+
+    @staticmethod
+    def _plan_compaction(conn: sqlite3.Connection, room: str) -> _CompactionPlan | None:
+        with _read_transaction(conn):
+            found = conn.execute("SELECT id, snapshot, snapshot_seq FROM rooms WHERE name = ?", (room,)).fetchall()
+            if not found:
+                return None
+            room_id, snapshot, base_seq = found[0]
+            rows = conn.execute("SELECT seq, data FROM updates WHERE room_id = ? ORDER BY seq", (room_id,)).fetchall()
+        if not rows:
+            return None
+        # The merge runs after the read transaction ends, so it does not pin the WAL meanwhile.
+        updates = [data for _, data in rows]
+        merged = merge_log(([snapshot] if snapshot is not None else []) + updates)
+        return _CompactionPlan(
+            room_id=room_id,
+            base_seq=base_seq,
+            max_seq=rows[-1][0],
+            rows=len(rows),
+            nbytes=sum(map(len, updates)),
+            snapshot=merged,
+        )
+
+    # reads
+
+    async def load(self, room: str) -> list[bytes]:
+        self._check_open()
+        _check_room(room)
+
+        def read(conn: sqlite3.Connection) -> list[bytes]:
+            with _read_transaction(conn):  # a compaction must not commit between the two SELECTs
+                found = conn.execute("SELECT id, snapshot FROM rooms WHERE name = ?", (room,)).fetchall()
+                if not found:
+                    return []
+                room_id, snapshot = found[0]
+                rows = conn.execute("SELECT data FROM updates WHERE room_id = ? ORDER BY seq", (room_id,)).fetchall()
+            return ([snapshot] if snapshot is not None else []) + [data for (data,) in rows]
+
+        return await self._read(read)
+
+    async def log_size(self, room: str) -> tuple[int, int]:
+        self._check_open()
+        _check_room(room)
+
+        def read(conn: sqlite3.Connection) -> tuple[int, int]:
+            count, nbytes = conn.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM updates"
+                " WHERE room_id = (SELECT id FROM rooms WHERE name = ?)",
+                (room,),
+            ).fetchall()[0]
+            return int(count), int(nbytes)
+
+        return await self._read(read)
+
+    async def get_meta(self, room: str, key: str) -> bytes | None:
+        self._check_open()
+        _check_room(room)
+
+        def read(conn: sqlite3.Connection) -> bytes | None:
+            found = conn.execute(
+                "SELECT value FROM meta JOIN rooms ON rooms.id = meta.room_id WHERE rooms.name = ? AND meta.key = ?",
+                (room, key),
+            ).fetchall()
+            return bytes(found[0][0]) if found else None
+
+        return await self._read(read)
+
+    async def rooms(self) -> list[str]:
+        self._check_open()
+        return await self._read(
+            lambda conn: [name for (name,) in conn.execute("SELECT name FROM rooms ORDER BY name").fetchall()]
+        )
