@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route, Router, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from .auth import Action, Authenticate, Authorize, TokenAuth, User, allow_all, call_hook
+from .fanout import Fanout
 from .files import InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
 from .notebook import export_notebook
 from .rooms import RoomManager, RoomSettings
@@ -52,6 +53,7 @@ class NotebookSync:
         settings: RoomSettings | None = None,
         limits: TransportLimits | None = None,
         compact_after_updates: int = 1000,
+        fanout: Fanout | None = None,
     ) -> None:
         self.files = NotebookFiles(root)
         self.state_dir = Path(state_dir) if state_dir else self.files.root / ".crdtnb"
@@ -64,7 +66,7 @@ class NotebookSync:
             authenticate = TokenAuth(token)
         self.authenticate = authenticate
         self.authorize = authorize or allow_all
-        self.rooms = RoomManager(self.files, self.store, settings)
+        self.rooms = RoomManager(self.files, self.store, settings, fanout)
         self.limits = limits or TransportLimits()
         self.started = False
         self._connections = 0

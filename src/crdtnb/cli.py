@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -35,6 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     return 2
+
+
+_TOKEN_IN_URL = re.compile(r"((?:^|[?&])token=)[^&\s\"]*")
+
+
+class RedactTokens(logging.Filter):
+    """Keep ?token=… out of uvicorn's access and websocket logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN_IN_URL.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        return True
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -78,6 +93,9 @@ def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     server = uvicorn.Server(config)
+    config.load()  # configures uvicorn's loggers; the filter goes on after that
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(RedactTokens())
     server.run()
     return 0 if server.started else 1
 

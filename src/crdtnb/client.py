@@ -126,8 +126,11 @@ class NotebookClient:
         del self.cells[ids.index(cell_id)]
 
     def insert_text(self, cell_id: str, index: int, text: str) -> None:
+        """Insert ``text`` at character ``index`` of a cell's source."""
         source: Text = self.cell(cell_id)["source"]
-        source.insert(index, text)
+        # pycrdt's Text counts UTF-8 bytes; callers count characters.
+        offset = len(str(source)[:index].encode("utf-8")) if index else 0
+        source.insert(offset, text)
 
     def set_source(self, cell_id: str, text: str) -> None:
         source: Text = self.cell(cell_id)["source"]

@@ -13,11 +13,10 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import Protocol
-
 from pycrdt import Doc, TransactionEvent
 
 from .awareness import RoomAwareness
+from .fanout import Fanout, LocalFanout, Peer
 from .protocol import (
     ProtocolError,
     encode_awareness,
@@ -31,22 +30,16 @@ from .store import Store
 logger = logging.getLogger("crdtnb.room")
 
 
-class Peer(Protocol):
-    """A connected client as a room sees it, whatever the transport."""
-
-    def send(self, message: bytes) -> None:
-        """Queue a message without blocking (a slow peer drops itself)."""
-
-
 class RejectedUpdate(ProtocolError):
     """An update pycrdt refused to apply."""
 
 
 class Room:
-    def __init__(self, name: str, doc: Doc, store: Store) -> None:
+    def __init__(self, name: str, doc: Doc, store: Store, fanout: Fanout | None = None) -> None:
         self.name = name
         self.doc = doc
         self.store = store
+        self.fanout = fanout or LocalFanout()
         self.awareness = RoomAwareness()
         self.peers: set[Peer] = set()
         # Named hooks, called after each batch of changes is durable.
@@ -89,9 +82,7 @@ class Room:
             self.broadcast(encode_awareness(removal), exclude=peer)
 
     def broadcast(self, message: bytes, exclude: Peer | None = None) -> None:
-        for peer in list(self.peers):
-            if peer is not exclude:
-                peer.send(message)
+        self.fanout.publish(self.name, message, list(self.peers), exclude)
 
     # -- messages (one small handler per kind) ------------------------------
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from pycrdt import Doc
 
+from .fanout import Fanout, LocalFanout
 from .files import NotebookFiles
 from .filesync import FileSync
 from .notebook import load_notebook
@@ -37,9 +38,16 @@ class _OpenRoom:
 
 
 class RoomManager:
-    def __init__(self, files: NotebookFiles, store: Store, settings: RoomSettings | None = None) -> None:
+    def __init__(
+        self,
+        files: NotebookFiles,
+        store: Store,
+        settings: RoomSettings | None = None,
+        fanout: Fanout | None = None,
+    ) -> None:
         self.files = files
         self.store = store
+        self.fanout = fanout or LocalFanout()
         self.settings = settings or RoomSettings()
         self._open: dict[str, _OpenRoom] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -103,7 +111,7 @@ class RoomManager:
             with doc.transaction():
                 for update in updates:
                     doc.apply_update(update)
-        room = Room(name, doc, self.store)
+        room = Room(name, doc, self.store, self.fanout)
         if fresh:
             await self.store.append(name, [doc.get_update()])
         room.start()
