@@ -26,6 +26,7 @@ from .auth import Action, Authenticate, Authorize, TokenAuth, User, allow_all, c
 from .fanout import Fanout
 from .files import InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
 from .notebook import export_notebook
+from .kernel import AgentSettings, KernelAgents
 from .rooms import RoomManager, RoomSettings
 from .store import SQLiteStore, Store
 from .transport import CloseCode, TransportLimits, run_peer
@@ -54,6 +55,7 @@ class NotebookSync:
         limits: TransportLimits | None = None,
         compact_after_updates: int = 1000,
         fanout: Fanout | None = None,
+        kernel_settings: AgentSettings | None = None,
     ) -> None:
         self.files = NotebookFiles(root)
         self.state_dir = Path(state_dir) if state_dir else self.files.root / ".crdtnb"
@@ -67,6 +69,7 @@ class NotebookSync:
         self.authenticate = authenticate
         self.authorize = authorize or allow_all
         self.rooms = RoomManager(self.files, self.store, settings, fanout)
+        self.kernels = KernelAgents(self.rooms, kernel_settings)
         self.limits = limits or TransportLimits()
         self.started = False
         self._connections = 0
@@ -78,6 +81,12 @@ class NotebookSync:
             WebSocketRoute("/api/sync/{path:path}", self.sync_endpoint),
             Route("/api/health", self.health, methods=["GET"]),
             Route("/api/notebooks", self.list_notebooks, methods=["GET"]),
+            # Kernel routes come before the catch-all notebook routes.
+            Route("/api/notebooks/{path:path}/execute", self.execute, methods=["POST"]),
+            Route("/api/notebooks/{path:path}/interrupt", self.kernel_action, methods=["POST"]),
+            Route("/api/notebooks/{path:path}/restart", self.kernel_action, methods=["POST"]),
+            Route("/api/notebooks/{path:path}/shutdown", self.kernel_action, methods=["POST"]),
+            Route("/api/notebooks/{path:path}/kernel", self.kernel_status, methods=["GET"]),
             Route("/api/notebooks/{path:path}", self.get_notebook, methods=["GET"]),
             Route("/api/notebooks/{path:path}", self.create_notebook, methods=["POST"]),
         ]
@@ -90,6 +99,7 @@ class NotebookSync:
             yield
         finally:
             self.started = False
+            await self.kernels.close()
             await self.rooms.close()
             await self.store.close()
             logger.info("all rooms saved; store closed")
@@ -203,6 +213,50 @@ class NotebookSync:
         return JSONResponse({"path": self.files.normalize(path), "notebook": nb}, status_code=201)
 
 
+    # -- kernels -------------------------------------------------------------------
+
+    async def execute(self, request: Request) -> Response:
+        path = request.path_params["path"]
+        checked = await self._check_http(request, path, Action.EXECUTE)
+        if isinstance(checked, Response):
+            return checked
+        try:
+            body = await request.json()
+            cell_ids = body["cell_ids"]
+            if not isinstance(cell_ids, list) or not all(isinstance(c, str) for c in cell_ids):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return _error(400, 'expected a JSON body {"cell_ids": ["<cell id>", ...]}')
+        try:
+            queued = await self.kernels.execute(path, cell_ids)
+        except Exception as exc:
+            return _file_error(exc)
+        return JSONResponse({"queued": queued, **self.kernels.status(path)}, status_code=202)
+
+    async def kernel_action(self, request: Request) -> Response:
+        path = request.path_params["path"]
+        checked = await self._check_http(request, path, Action.EXECUTE)
+        if isinstance(checked, Response):
+            return checked
+        action = request.url.path.rsplit("/", 1)[-1]
+        try:
+            self.files.normalize(path)
+            await getattr(self.kernels, action)(path)
+        except Exception as exc:
+            return _file_error(exc)
+        return JSONResponse(self.kernels.status(path))
+
+    async def kernel_status(self, request: Request) -> Response:
+        path = request.path_params["path"]
+        checked = await self._check_http(request, path, Action.READ)
+        if isinstance(checked, Response):
+            return checked
+        try:
+            return JSONResponse(self.kernels.status(path))
+        except Exception as exc:
+            return _file_error(exc)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -216,7 +270,8 @@ def _file_error(exc: Exception) -> Response:
         return _error(409, str(exc))
     if isinstance(exc, InvalidNotebook):
         return _error(422, str(exc))
-    raise exc
+    logger.exception("request failed")
+    return _error(500, f"{type(exc).__name__}: {exc}")
 
 
 def create_app(

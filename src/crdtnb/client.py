@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
@@ -57,10 +59,43 @@ def sync_url(base_url: str, path: str, token: str | None = None) -> str:
     return urlunsplit((scheme, parts.netloc, f"{prefix}/api/sync/{quote(path)}", query, ""))
 
 
+class KernelApi:
+    """The daemon's kernel routes over plain HTTP (stdlib, run off the event loop)."""
+
+    def __init__(self, base_url: str, token: str | None, headers: dict[str, str] | None) -> None:
+        parts = urlsplit(base_url)
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+        self.base_url = urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        if token:
+            self.headers["Authorization"] = f"token {token}"
+
+    async def call(self, method: str, path: str, action: str, body: Any = None) -> dict[str, Any]:
+        url = f"{self.base_url}/api/notebooks/{quote(path)}/{action}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method, headers=self.headers)
+
+        def send() -> dict[str, Any]:
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return dict(json.loads(response.read()))
+            except urllib.error.HTTPError as exc:
+                raise RuntimeError(f"{method} {action}: HTTP {exc.code} {exc.read().decode(errors='replace')}") from exc
+
+        return await asyncio.to_thread(send)
+
+
 class NotebookClient:
-    def __init__(self, websocket: ClientConnection, path: str, doc: Doc | None = None) -> None:
+    def __init__(
+        self,
+        websocket: ClientConnection,
+        path: str,
+        doc: Doc | None = None,
+        api: KernelApi | None = None,
+    ) -> None:
         self.websocket = websocket
         self.path = path
+        self.api = api
         # Passing the doc of an earlier connection resumes it: only the difference is exchanged.
         self.doc = doc if doc is not None else Doc()
         self.awareness: dict[int, Any] = {}
@@ -144,6 +179,42 @@ class NotebookClient:
         text = "null" if state is None else json.dumps(state, separators=(",", ":"), ensure_ascii=False)
         entry = AwarenessEntry(self.doc.client_id, self._awareness_clock, text)
         self._send(encode_awareness(write_awareness([entry])))
+
+    # -- kernel ------------------------------------------------------------------------
+
+    async def execute(self, cell_ids: list[str] | None = None) -> dict[str, Any]:
+        """Queue cells (default: every code cell, in order) to run on the server.
+
+        On return the local document already shows them queued."""
+        if cell_ids is None:
+            cell_ids = [str(c["id"]) for c in self.cells if c.get("cell_type") == "code"]
+        return await self._kernel_call("POST", "execute", {"cell_ids": cell_ids})
+
+    async def interrupt(self) -> dict[str, Any]:
+        return await self._kernel_call("POST", "interrupt")
+
+    async def restart(self) -> dict[str, Any]:
+        return await self._kernel_call("POST", "restart")
+
+    async def shutdown_kernel(self) -> dict[str, Any]:
+        return await self._kernel_call("POST", "shutdown")
+
+    async def kernel(self) -> dict[str, Any]:
+        return await self._kernel_call("GET", "kernel")
+
+    async def _kernel_call(self, method: str, action: str, body: Any = None) -> dict[str, Any]:
+        if self.api is None:
+            raise RuntimeError("this client was created without an HTTP base URL")
+        # Our pending edits reach the server first, so it runs what we see.
+        await self.roundtrip()
+        result = await self.api.call(method, self.path, action, body)
+        await self.roundtrip()
+        return result
+
+    def outputs(self, cell_id: str) -> list[dict[str, Any]]:
+        """A cell's outputs as nbformat dicts (stream text joined)."""
+        outputs = self.cell(cell_id).get("outputs")
+        return [] if outputs is None else [json.loads(json.dumps(o.to_py())) for o in outputs]
 
     # -- waiting -------------------------------------------------------------------
 
@@ -292,7 +363,7 @@ async def connect(
         max_size=max_size,
         proxy=None,
     )
-    client = NotebookClient(websocket, path, doc)
+    client = NotebookClient(websocket, path, doc, KernelApi(base_url, token, headers))
     if wait_synced:
         try:
             await client.wait_synced(timeout)
