@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from .app import NotebookSync, create_app
+from .kernel import AgentSettings
+from .outputs import OutputLimits
 from .rooms import RoomSettings
 from .transport import TransportLimits
 
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-frame-bytes", type=int, default=16 * 2**20, help="largest websocket frame accepted")
     serve.add_argument("--max-send-queue-bytes", type=int, default=64 * 2**20, help="per-client send queue; a client that falls further behind is disconnected")
     serve.add_argument("--compact-after", type=int, default=1000, help="updates in a room's log before it is compacted into one snapshot")
+    serve.add_argument("--max-stream-bytes", type=int, default=2**20, help="cap of one stream output (beginning and latest output kept)")
+    serve.add_argument("--max-output-bytes", type=int, default=8 * 2**20, help="cap of any other single output (replaced by a note)")
     serve.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -74,6 +78,9 @@ def _serve(args: argparse.Namespace) -> int:
         settings=settings,
         limits=limits,
         compact_after_updates=args.compact_after,
+        kernel_settings=AgentSettings(
+            limits=OutputLimits(max_stream_bytes=args.max_stream_bytes, max_output_bytes=args.max_output_bytes)
+        ),
     )
     sync: NotebookSync = app.state.sync
     host = f"[{args.host}]" if ":" in args.host else args.host
