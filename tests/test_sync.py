@@ -202,11 +202,12 @@ async def test_fifty_clients_join_a_new_room_at_once(daemon: Daemon, root: Path)
 async def test_awareness_is_relayed_with_non_ascii_names_and_removed_on_close(daemon: Daemon) -> None:
     a = await daemon.connect("nb.ipynb")
     b = await daemon.connect("nb.ipynb")
-    user = {"user": {"name": "Zoë 日本語 🚀", "color": "#ff0000"}}
-    a.set_awareness(user)
-    await b.wait_for(lambda _: b.awareness.get(a.doc.client_id) == user)
+    a.set_awareness({"user": {"name": "Zoë 日本語 🚀", "color": "#ff0000"}, "cursor": None})
+    # The server tags the state with the authenticated account (the shared token's "owner").
+    seen = {"user": {"name": "Zoë 日本語 🚀", "color": "#ff0000", "account": "owner"}, "cursor": None}
+    await b.wait_for(lambda _: b.awareness.get(a.doc.client_id) == seen)
     late = await daemon.connect("nb.ipynb")
-    await late.wait_for(lambda _: late.awareness.get(a.doc.client_id) == user)
+    await late.wait_for(lambda _: late.awareness.get(a.doc.client_id) == seen)
     await a.close()
     await b.wait_for(lambda _: a.doc.client_id not in b.awareness)
     await late.wait_for(lambda _: a.doc.client_id not in late.awareness)

@@ -9,9 +9,10 @@ host runs ``sync.lifespan``.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,17 +23,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from .auth import Action, Authenticate, Authorize, TokenAuth, User, allow_all, call_hook
+from .accounts import AccountAuth
+from .auth import Action, Authenticate, Authorize, User, allow_all, call_hook
 from .fanout import Fanout
 from .files import InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
 from .notebook import export_notebook
 from .kernel import AgentSettings, KernelAgents
+from .login import login_routes
 from .rooms import RoomManager, RoomSettings
+from .sessions import CSRF_HEADER, LoginLimiter, SessionSigner, load_secret
 from .store import SQLiteStore, Store
 from .transport import CloseCode, TransportLimits, run_peer
+from .users import UserStore
 
 logger = logging.getLogger("crdtnb.app")
 
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 NOT_STARTED = (
     "crdtnb is not started: run its lifespan in the host app "
     "(Starlette(..., lifespan=sync.lifespan)); Starlette does not run lifespans of mounted apps"
@@ -56,16 +62,22 @@ class NotebookSync:
         compact_after_updates: int = 1000,
         fanout: Fanout | None = None,
         kernel_settings: AgentSettings | None = None,
+        allowed_origins: Iterable[str] = (),
     ) -> None:
         self.files = NotebookFiles(root)
         self.state_dir = Path(state_dir) if state_dir else self.files.root / ".crdtnb"
         self.store = store or SQLiteStore(
             self.state_dir / "crdtnb.sqlite3", compact_threshold_rows=compact_after_updates
         )
+        self.allowed_origins = {o.rstrip("/") for o in allowed_origins}
+        self.accounts: AccountAuth | None = None
         if authenticate is None:
-            if token is None:
-                raise ValueError("give a token or an authenticate hook (crdtnb.auth.anonymous to allow everyone)")
-            authenticate = TokenAuth(token)
+            # The daemon's own accounts, with the token (if any) as an admin credential.
+            signer = SessionSigner(load_secret(self.state_dir))
+            self.accounts = AccountAuth(UserStore(self.state_dir), signer, token)
+            self.login_limiter = LoginLimiter()
+            authenticate = self.accounts.authenticate
+            authorize = authorize or self.accounts.authorize
         self.authenticate = authenticate
         self.authorize = authorize or allow_all
         self.rooms = RoomManager(self.files, self.store, settings, fanout)
@@ -77,7 +89,11 @@ class NotebookSync:
 
     @property
     def routes(self) -> list[BaseRoute]:
-        return [
+        login: list[BaseRoute] = []
+        if self.accounts is not None:
+            login = login_routes(self.accounts.users, self.accounts.signer, self.login_limiter, self.origin_allowed)
+        return login + [
+            Route("/api/session", self.session, methods=["GET"]),
             WebSocketRoute("/api/sync/{path:path}", self.sync_endpoint),
             Route("/api/health", self.health, methods=["GET"]),
             Route("/api/notebooks", self.list_notebooks, methods=["GET"]),
@@ -116,12 +132,29 @@ class NotebookSync:
     async def _allowed(self, user: User, path: str, action: Action) -> bool:
         return bool(await call_hook(self.authorize, user, path, action))
 
+    def origin_allowed(self, conn: HTTPConnection) -> bool:
+        """Browsers send Origin: it must be this server's own, or one allowed explicitly.
+        Clients that send none (scripts) are judged by their credentials alone."""
+        origin = conn.headers.get("origin")
+        if origin is None:
+            return True
+        origin = origin.rstrip("/")
+        scheme = {"ws": "http", "wss": "https"}.get(conn.url.scheme, conn.url.scheme)
+        own = f"{scheme}://{conn.headers.get('host', '')}"
+        return hmac.compare_digest(origin, own) or origin in self.allowed_origins
+
     async def _check_http(self, request: Request, path: str, action: Action) -> User | Response:
         if not self.started:
             return _error(503, NOT_STARTED)
         user = await self._user(request)
         if user is None:
-            return _error(401, "authentication required: pass the token as ?token= or 'Authorization: token …'")
+            return _error(401, "authentication required: sign in, or pass a token as ?token= or 'Authorization: token …'")
+        if request.method not in SAFE_METHODS and user.csrf is not None:
+            # Cookie-authenticated: the browser sends the cookie on its own, so prove intent.
+            if not self.origin_allowed(request):
+                return _error(403, "cross-site request refused")
+            if not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), user.csrf):
+                return _error(403, "missing or wrong X-CSRF-Token header")
         if not await self._allowed(user, path, action):
             return _error(403, f"{user.name} may not {action.value} {path or 'this server'}")
         return user
@@ -133,6 +166,10 @@ class NotebookSync:
         path = websocket.path_params["path"]
         if not self.started:
             await websocket.close(CloseCode.INTERNAL_ERROR, "crdtnb is not started (host must run sync.lifespan)")
+            return
+        if not self.origin_allowed(websocket):
+            # Cross-site websocket hijacking: a foreign page riding on a user's cookie.
+            await websocket.close(CloseCode.FORBIDDEN, "origin not allowed")
             return
         user = await self._user(websocket)
         if user is None:
@@ -164,12 +201,30 @@ class NotebookSync:
         client = websocket.client
         label = f"{name} {user.name}@{client.host}:{client.port}" if client else f"{name} {user.name}"
         try:
-            await run_peer(websocket, room, can_write=can_write, limits=self.limits, label=label)
+            await run_peer(websocket, room, user=user, can_write=can_write, limits=self.limits, label=label)
         finally:
             self._connections -= 1
             self.rooms.release(room)
 
     # -- REST ----------------------------------------------------------------------
+
+    async def session(self, request: Request) -> Response:
+        """Who the caller is, what they may do here, and the CSRF token the page must send."""
+        if not self.started:
+            return _error(503, NOT_STARTED)
+        user = await self._user(request)
+        if user is None:
+            return _error(401, "not signed in")
+        role = self.accounts.role(user, "") if self.accounts else None
+        return JSONResponse(
+            {
+                "user": user.name,
+                "display_name": user.display_name or None,
+                "role": role.label if role else None,
+                "csrf": user.csrf,
+                "login": self.accounts is not None,
+            }
+        )
 
     async def health(self, request: Request) -> Response:
         if not self.started:

@@ -25,8 +25,17 @@ class Action(str, Enum):
 
 @dataclass(frozen=True)
 class User:
+    """An authenticated identity.
+
+    ``display_name``: when set, it is the name shown to others (awareness
+    ``user.name`` is forced to it, so presence cannot be spoofed).
+    ``csrf``: set when the identity came from an ambient credential (a cookie):
+    unsafe requests must then carry this token in the X-CSRF-Token header.
+    """
+
     name: str
     display_name: str = ""
+    csrf: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -57,7 +66,9 @@ class TokenAuth:
         if not token:
             raise ValueError("an empty token would let anyone in")
         self._token = token.encode()
-        self._user = user or User("owner", "Owner")
+        # The shared token is one credential for possibly several people: their
+        # chosen presence names are kept (tagged with the account).
+        self._user = user or User("owner")
 
     def __call__(self, conn: HTTPConnection) -> User | None:
         given = request_token(conn)

@@ -26,6 +26,9 @@ class RoomAwareness:
         """Current states as JSON text, by client id."""
         return dict(self._states)
 
+    def owner(self, client_id: int) -> Hashable | None:
+        return self._owners.get(client_id)
+
     def apply(self, entries: list[AwarenessEntry], owner: Hashable) -> list[AwarenessEntry]:
         """Apply entries sent by ``owner``; return the ones that changed something."""
         accepted = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
 import re
@@ -11,11 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .app import NotebookSync, create_app
-from .kernel import AgentSettings
-from .outputs import OutputLimits
-from .rooms import RoomSettings
-from .transport import TransportLimits
+from .users import Role, UserError, UserStore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +33,82 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-stream-bytes", type=int, default=2**20, help="cap of one stream output (beginning and latest output kept)")
     serve.add_argument("--max-output-bytes", type=int, default=8 * 2**20, help="cap of any other single output (replaced by a note)")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--allow-origin", action="append", default=[], help="another origin whose pages may connect (repeatable)")
+    _add_user_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    return 2
+    return _users(args)
+
+
+def _add_user_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    users = commands.add_parser("users", help="manage accounts (stored in the state directory)")
+    actions = users.add_subparsers(dest="action", required=True)
+
+    def place(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--root", default=".", help="the served directory (default: current)")
+        sub.add_argument("--state-dir", default=None, help="default: ROOT/.crdtnb, as for serve")
+        return sub
+
+    add = place(actions.add_parser("add", help="create a user (password from a prompt or stdin)"))
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=[r.label for r in Role])
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    place(actions.add_parser("list", help="users, their roles and path roles"))
+    remove = place(actions.add_parser("remove", help="delete a user, their tokens and path roles"))
+    remove.add_argument("name")
+    role = place(actions.add_parser("role", help="set a user's global role, or their role on paths matching a pattern"))
+    role.add_argument("name")
+    role.add_argument("role", choices=[r.label for r in Role])
+    role.add_argument("--path", default=None, help="glob pattern of notebook paths, e.g. 'team/*.ipynb'")
+    passwd = place(actions.add_parser("passwd", help="change a password"))
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true")
+    token = place(actions.add_parser("token", help="print a new API token for a user (last line)"))
+    token.add_argument("name")
+    revoke = place(actions.add_parser("revoke-tokens", help="revoke every API token of a user"))
+    revoke.add_argument("name")
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise UserError("the passwords differ")
+    return first
+
+
+def _users(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir) if args.state_dir else Path(args.root).resolve() / ".crdtnb"
+    store = UserStore(state_dir)
+    try:
+        if args.action == "add":
+            store.add(args.name, Role.parse(args.role), _read_password(args.password_stdin))
+            print(f"added {args.name} ({args.role})")
+        elif args.action == "list":
+            for account in store.list():
+                paths = ", ".join(f"{pattern}: {role.label}" for pattern, role in account.paths)
+                print(f"{account.name}\t{account.role.label}" + (f"\t{paths}" if paths else ""))
+        elif args.action == "remove":
+            store.remove(args.name)
+            print(f"removed {args.name}")
+        elif args.action == "role":
+            store.set_role(args.name, Role.parse(args.role), args.path)
+            print(f"{args.name}: {args.role}" + (f" on {args.path}" if args.path else ""))
+        elif args.action == "passwd":
+            store.set_password(args.name, _read_password(args.password_stdin))
+            print(f"password of {args.name} changed")
+        elif args.action == "token":
+            token = store.new_token(args.name)
+            print(f"API token for {args.name} (shown once; send it as 'Authorization: token …'):")
+            print(token)
+        elif args.action == "revoke-tokens":
+            print(f"revoked {store.revoke_tokens(args.name)} token(s) of {args.name}")
+    except UserError as exc:
+        print(f"crdtnb: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 _TOKEN_IN_URL = re.compile(r"((?:^|[?&])token=)[^&\s\"]*")
@@ -57,7 +126,14 @@ class RedactTokens(logging.Filter):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Imported here so that `crdtnb users …` starts fast.
     import uvicorn
+
+    from .app import NotebookSync, create_app
+    from .kernel import AgentSettings
+    from .outputs import OutputLimits
+    from .rooms import RoomSettings
+    from .transport import TransportLimits
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = Path(args.root)
@@ -78,6 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings=settings,
         limits=limits,
         compact_after_updates=args.compact_after,
+        allowed_origins=args.allow_origin,
         kernel_settings=AgentSettings(
             limits=OutputLimits(max_stream_bytes=args.max_stream_bytes, max_output_bytes=args.max_output_bytes)
         ),

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from collections.abc import Callable
 from pycrdt import Doc, TransactionEvent
 
+from .auth import User
 from .awareness import RoomAwareness
 from .fanout import Fanout, LocalFanout, Peer
 from .protocol import (
@@ -24,6 +26,7 @@ from .protocol import (
     encode_sync_step2,
     encode_update,
     read_awareness,
+    write_awareness,
 )
 from .store import Store
 
@@ -105,14 +108,22 @@ class Room:
         finally:
             self._origin = None
 
-    def on_awareness(self, peer: Peer, payload: bytes) -> None:
-        entries = read_awareness(payload)
-        for entry in entries:
-            if entry.state != "null":
+    def on_awareness(self, peer: Peer, payload: bytes, user: User | None = None) -> None:
+        """Record and relay presence. A peer may only speak for client ids that are
+        not another peer's, and the server stamps who it really is on its state."""
+        entries = []
+        for entry in read_awareness(payload):
+            owner = self.awareness.owner(entry.client_id)
+            if owner is not None and owner is not peer:
+                continue  # someone else's presence
+            if entry.state != "null" and user is not None:
+                entry = replace(entry, state=_stamp_identity(entry.state, user))
+            elif entry.state != "null":
                 _check_json(entry.state)
+            entries.append(entry)
         accepted = self.awareness.apply(entries, owner=peer)
         if accepted:
-            self.broadcast(encode_awareness(payload), exclude=peer)
+            self.broadcast(encode_awareness(write_awareness(accepted)), exclude=peer)
 
     def on_query_awareness(self, peer: Peer) -> None:
         states = self.awareness.encode_all()
@@ -165,8 +176,23 @@ class Room:
             return
 
 
-def _check_json(text: str) -> None:
+def _check_json(text: str) -> object:
     try:
-        json.loads(text)
+        return json.loads(text)
     except ValueError as exc:
         raise ProtocolError("awareness state is not JSON") from exc
+
+
+def _stamp_identity(text: str, user: User) -> str:
+    """Set ``user.account`` (and ``user.name`` for named accounts) from the
+    authenticated identity, whatever the client claimed."""
+    state = _check_json(text)
+    if not isinstance(state, dict):
+        return text
+    claimed = state.get("user")
+    shown = dict(claimed) if isinstance(claimed, dict) else {}
+    shown["account"] = user.name
+    if user.display_name:
+        shown["name"] = user.display_name
+    state["user"] = shown
+    return json.dumps(state, separators=(",", ":"), ensure_ascii=False)

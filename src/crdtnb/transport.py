@@ -15,6 +15,7 @@ from enum import IntEnum
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .auth import User
 from .protocol import (
     AuthMessage,
     AwarenessMessage,
@@ -120,11 +121,13 @@ class WebSocketPeer:
                 return
 
 
-async def run_peer(websocket: WebSocket, room: Room, *, can_write: bool, limits: TransportLimits, label: str) -> None:
+async def run_peer(
+    websocket: WebSocket, room: Room, *, user: User, can_write: bool, limits: TransportLimits, label: str
+) -> None:
     """Serve an accepted websocket as a peer of ``room`` until either side closes."""
     peer = WebSocketPeer(websocket, limits, label)
     writer = asyncio.create_task(peer.run_writer(), name=f"writer:{label}")
-    reader = asyncio.create_task(_read_frames(websocket, peer, room, can_write, limits), name=f"reader:{label}")
+    reader = asyncio.create_task(_read_frames(websocket, peer, room, user, can_write, limits), name=f"reader:{label}")
     overflow = asyncio.create_task(peer.overflowed.wait())
     room.join(peer)
     try:
@@ -161,7 +164,9 @@ async def _close_quietly(websocket: WebSocket, code: int, reason: str, timeout: 
         pass  # the client is unreachable; the server drops the socket when we return
 
 
-async def _read_frames(websocket: WebSocket, peer: WebSocketPeer, room: Room, can_write: bool, limits: TransportLimits) -> bool:
+async def _read_frames(
+    websocket: WebSocket, peer: WebSocketPeer, room: Room, user: User, can_write: bool, limits: TransportLimits
+) -> bool:
     """Read until the client leaves (True) or breaks the protocol (False, close requested)."""
     while True:
         try:
@@ -176,7 +181,7 @@ async def _read_frames(websocket: WebSocket, peer: WebSocketPeer, room: Room, ca
                 raise ConnectionClosed(CloseCode.UNSUPPORTED_DATA, "text frames are not part of the y-websocket protocol")
             if len(data) > limits.max_frame_bytes:
                 raise ConnectionClosed(CloseCode.TOO_BIG, f"frame of {len(data)} bytes exceeds the {limits.max_frame_bytes} byte limit")
-            await _dispatch(parse_message(data), peer, room, can_write)
+            await _dispatch(parse_message(data), peer, room, user, can_write)
         except ConnectionClosed as exc:
             logger.warning("%s: closing: %s", peer.label, exc.reason)
             peer.close(exc.code, exc.reason)
@@ -189,7 +194,7 @@ async def _read_frames(websocket: WebSocket, peer: WebSocketPeer, room: Room, ca
             return False
 
 
-async def _dispatch(message: Message, peer: WebSocketPeer, room: Room, can_write: bool) -> None:
+async def _dispatch(message: Message, peer: WebSocketPeer, room: Room, user: User, can_write: bool) -> None:
     if isinstance(message, SyncStep1):
         await room.on_sync_step1(peer, message.state_vector)
     elif isinstance(message, (SyncStep2, SyncUpdate)):
@@ -199,7 +204,7 @@ async def _dispatch(message: Message, peer: WebSocketPeer, room: Room, can_write
             return
         room.on_update(peer, message.update)
     elif isinstance(message, AwarenessMessage):
-        room.on_awareness(peer, message.payload)
+        room.on_awareness(peer, message.payload, user)
     elif isinstance(message, QueryAwareness):
         room.on_query_awareness(peer)
     elif isinstance(message, AuthMessage):
