@@ -95,17 +95,22 @@ class UserStore:
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.path = Path(state_dir) / "users.sqlite3"
         self._hasher = PasswordHasher()
+        self._ready = False
         # A hash to verify against when the user does not exist, so timing does not tell.
         self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A connection per call: the CLI may change users while the daemon runs.
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=10)
         try:
-            os.chmod(self.path, 0o600)
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.executescript(_SCHEMA)
+            if not self._ready:
+                os.chmod(self.path, 0o600)
+                conn.executescript(_SCHEMA)
+                self._ready = True
             with conn:
                 yield conn
         finally:
