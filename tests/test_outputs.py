@@ -133,3 +133,38 @@ def test_stream_output_text_is_a_shared_text() -> None:
         writer.apply("c", _msg("stream", name="stdout", text="x"))
     output = doc.get("cells", type=Array)[0]["outputs"][0]
     assert isinstance(output["text"], Text)
+
+
+def test_a_burst_of_tiny_prints_in_one_batch_is_one_edit() -> None:
+    doc = _doc("c")
+    writer = OutputWriter(doc, OutputLimits(max_stream_bytes=50_000))
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    writer.apply_batch([("c", _msg("stream", name="stdout", text=f"{i}\n")) for i in range(20_000)])
+    text = _outputs(doc)[0]["text"]
+    assert len(updates) == 1
+    assert text.startswith("0\n1\n") and text.endswith("19999\n")
+    assert len(text.encode()) <= 50_000
+
+
+def test_an_endless_line_is_cut_from_its_start() -> None:
+    doc = _doc("c")
+    writer = OutputWriter(doc, OutputLimits(max_stream_bytes=4096))
+    for i in range(200):
+        writer.apply_batch([("c", _msg("stream", name="stdout", text=f"é{i:04d}" + "x" * 95))])
+    text = _outputs(doc)[0]["text"]
+    assert len(text.encode()) <= 4096
+    assert text.endswith("é0199" + "x" * 95)
+    assert "output truncated" in text
+
+
+def test_a_stream_changed_by_someone_else_is_taken_over() -> None:
+    from pycrdt import Array
+
+    doc = _doc("c")
+    writer = OutputWriter(doc)
+    writer.apply_batch([("c", _msg("stream", name="stdout", text="one\ntw"))])
+    text = doc.get("cells", type=Array)[0]["outputs"][0]["text"]
+    text.insert(0, "ß")  # not the agent
+    writer.apply_batch([("c", _msg("stream", name="stdout", text="o\rTWO\n"))])
+    assert _outputs(doc)[0]["text"] == "ßone\nTWO\n"

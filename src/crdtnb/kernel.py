@@ -314,12 +314,7 @@ class KernelAgent:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        with self.room.doc.transaction():
-            for cell_id, msg in batch:
-                try:
-                    self.writer.apply(cell_id, msg)
-                except Exception:
-                    logger.exception("%s: could not write a %s output", self.room.name, msg["header"]["msg_type"])
+        self.writer.apply_batch(batch)
 
     def _set_status(self, status: KernelStatus) -> None:
         self.status = status

@@ -17,7 +17,9 @@ batches: each ``apply`` call runs inside one transaction of the caller. Rules:
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,8 @@ import nbformat
 from pycrdt import Array, Doc, Map, Text
 
 from .notebook import new_output_map
+
+logger = logging.getLogger("crdtnb.outputs")
 
 # JupyterLab's rendering rules for \r and \b, applied to the line being written.
 _CARRIAGE_RETURN = re.compile(r"^.*\r+(?!\n|$)", re.MULTILINE)
@@ -58,17 +62,45 @@ def _nbytes(text: str) -> int:
 
 @dataclass
 class _Stream:
-    """Mirror of the stream output being appended to, so we never read the Text back."""
+    """What we know of the stream output being appended to, so that no message
+    costs work proportional to the text already written: the bytes kept at the
+    start (and the truncation note), the byte length of each complete line
+    after them, and the current (last, unfinished) line itself."""
 
     name: str
     ytext: Text
-    head: str = ""  # kept start (after truncation) + the note
-    body: str = ""  # everything after head
+    head_bytes: int = 0
+    lines: deque[int] = field(default_factory=deque)
+    lines_bytes: int = 0
+    last_line: str = ""
     truncated: bool = False
 
     @property
-    def head_bytes(self) -> int:
-        return _nbytes(self.head)
+    def total_bytes(self) -> int:
+        return self.head_bytes + self.lines_bytes + _nbytes(self.last_line)
+
+    def add_lines(self, complete: list[str]) -> None:
+        for line in complete:
+            size = _nbytes(line)
+            self.lines.append(size)
+            self.lines_bytes += size
+
+    def drop_lines(self, nbytes: int) -> int:
+        """Forget complete lines from the start until ``nbytes`` are covered; return bytes dropped."""
+        dropped = 0
+        while self.lines and dropped < nbytes:
+            size = self.lines.popleft()
+            self.lines_bytes -= size
+            dropped += size
+        return dropped
+
+    @classmethod
+    def adopt(cls, name: str, ytext: Text) -> _Stream:
+        """Take over a stream output as it is in the document."""
+        stream = cls(name, ytext)
+        *complete, stream.last_line = _split_lines(str(ytext))
+        stream.add_lines(complete)
+        return stream
 
 
 @dataclass
@@ -87,14 +119,22 @@ class OutputWriter:
         self.limits = limits or OutputLimits()
         self._cells: dict[str, _CellState] = {}
         self._displays: dict[str, list[tuple[str, Map]]] = {}
+        # Cell lookups are cached within one batch (one transaction), where cells cannot move.
+        self._batch_cells: dict[str, Map] | None = None
 
     # -- lookups -----------------------------------------------------------------
 
     def find_cell(self, cell_id: str) -> Map | None:
+        if self._batch_cells is not None and cell_id in self._batch_cells:
+            return self._batch_cells[cell_id]
+        found = None
         for cell in self.doc.get("cells", type=Array):
             if cell.get("id") == cell_id:
-                return cell
-        return None
+                found = cell
+                break
+        if self._batch_cells is not None and found is not None:
+            self._batch_cells[cell_id] = found
+        return found
 
     def _outputs(self, cell_id: str) -> Array | None:
         cell = self.find_cell(cell_id)
@@ -134,6 +174,21 @@ class OutputWriter:
             state.stream = None
 
     # -- messages ---------------------------------------------------------------
+
+    def apply_batch(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        """Apply messages in order, inside one transaction of the document.
+        Consecutive stream messages to the same output are joined first, so a
+        burst of tiny prints costs one edit."""
+        self._batch_cells = {}
+        try:
+            with self.doc.transaction():
+                for cell_id, msg in _join_streams(batch):
+                    try:
+                        self.apply(cell_id, msg)
+                    except Exception:
+                        logger.exception("could not write a %s output", msg["header"]["msg_type"])
+        finally:
+            self._batch_cells = None
 
     def apply(self, cell_id: str, msg: dict[str, Any]) -> None:
         """Apply one iopub message addressed to ``cell_id`` (inside the caller's transaction)."""
@@ -192,56 +247,61 @@ class OutputWriter:
         ):
             # Always the Text now in the doc: a cell moved by a client is a copy.
             stream.ytext = last["text"]
-            if len(stream.ytext) != stream.head_bytes + _nbytes(stream.body):
+            if len(stream.ytext) != stream.total_bytes:
                 # Someone else changed it: start again from what is there.
-                stream.head, stream.body = "", str(stream.ytext)
+                stream = state.stream = _Stream.adopt(name, stream.ytext)
         else:
             outputs.append(new_output_map({"output_type": "stream", "name": name, "text": ""}))
             stream = state.stream = _Stream(name, outputs[len(outputs) - 1]["text"])
         self._append_stream_text(stream, text)
 
     def _append_stream_text(self, stream: _Stream, text: str) -> None:
-        body = stream.body
-        line_start = body.rfind("\n") + 1
-        last_line = body[line_start:]
+        last_line = stream.last_line
         incoming = last_line + text
         if "\r" in incoming or "\x08" in incoming:
-            new_tail = terminal_line(incoming)
-        else:
-            new_tail = incoming
-        # Minimal edit of the current line: keep the common prefix.
-        common = _common_prefix(last_line, new_tail)
-        base = stream.head_bytes + _nbytes(body[:line_start]) + _nbytes(last_line[:common])
+            incoming = terminal_line(incoming)
+        # Rewrite only what changed of the current line, then append.
+        common = _common_prefix(last_line, incoming)
+        line_start = stream.head_bytes + stream.lines_bytes
+        base = line_start + _nbytes(last_line[:common])
         removed = _nbytes(last_line[common:])
         if removed:
             del stream.ytext[base : base + removed]
-        added = new_tail[common:]
+        added = incoming[common:]
         if added:
             stream.ytext.insert(base, added)
-        stream.body = body[:line_start] + new_tail
+        *complete, stream.last_line = _split_lines(incoming)
+        stream.add_lines(complete)
         self._cap_stream(stream)
 
     def _cap_stream(self, stream: _Stream) -> None:
         limit = self.limits.max_stream_bytes
-        total = stream.head_bytes + _nbytes(stream.body)
-        if total <= limit:
+        if stream.total_bytes <= limit:
             return
         if not stream.truncated:
-            # Keep the beginning, then a visible note, then the latest output.
+            # Keep the beginning (whole lines), then a visible note, then the latest output.
             keep = int(limit * self.limits.stream_head_fraction)
-            head = _cut_at_line(stream.body, keep)
+            head = 0
+            while stream.lines and head + stream.lines[0] <= keep:
+                head += stream.drop_lines(1)
             note = f"\n… [crdtnb: output truncated, the stream passed {_human(limit)}; the latest output follows] …\n"
-            stream.ytext.insert(_nbytes(head), note)
-            stream.head = head + note
-            stream.body = stream.body[len(head) :]
+            stream.ytext.insert(head, note)
+            stream.head_bytes = head + _nbytes(note)
             stream.truncated = True
-        excess = stream.head_bytes + _nbytes(stream.body) - limit
+        excess = stream.total_bytes - limit
         if excess <= 0:
             return
-        # Drop whole lines from the start of the body where possible.
-        cut = _cut_after_bytes(stream.body, excess)
-        del stream.ytext[stream.head_bytes : stream.head_bytes + _nbytes(stream.body[:cut])]
-        stream.body = stream.body[cut:]
+        dropped = stream.drop_lines(excess)
+        if dropped:
+            del stream.ytext[stream.head_bytes : stream.head_bytes + dropped]
+        if dropped < excess:
+            # One endless line: cut its start, on a character boundary.
+            cut = len(stream.last_line.encode("utf-8")[: excess - dropped].decode("utf-8", errors="ignore"))
+            if cut < len(stream.last_line) and _nbytes(stream.last_line[:cut]) < excess - dropped:
+                cut += 1
+            start = stream.head_bytes + stream.lines_bytes
+            del stream.ytext[start : start + _nbytes(stream.last_line[:cut])]
+            stream.last_line = stream.last_line[cut:]
 
     # -- rich outputs -------------------------------------------------------------
 
@@ -306,19 +366,25 @@ def _common_prefix(a: str, b: str) -> int:
     return i
 
 
-def _cut_at_line(text: str, max_bytes: int) -> str:
-    """The longest prefix of whole lines within max_bytes (at least something)."""
-    prefix = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
-    newline = prefix.rfind("\n")
-    return prefix[: newline + 1] if newline >= 0 else prefix
+def _join_streams(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    joined: list[tuple[str, dict[str, Any]]] = []
+    for cell_id, msg in batch:
+        if joined and msg["header"]["msg_type"] == "stream":
+            prev_cell, prev = joined[-1]
+            prev_content = prev["content"]
+            if (
+                prev_cell == cell_id
+                and prev["header"]["msg_type"] == "stream"
+                and prev_content.get("name") == msg["content"].get("name")
+            ):
+                text = prev_content.get("text", "") + msg["content"].get("text", "")
+                joined[-1] = (cell_id, {"header": prev["header"], "content": {**prev_content, "text": text}})
+                continue
+        joined.append((cell_id, msg))
+    return joined
 
 
-def _cut_after_bytes(text: str, nbytes: int) -> int:
-    """A character index past at least ``nbytes`` bytes of text, moved to the next line start."""
-    chars = len(text.encode("utf-8")[:nbytes].decode("utf-8", errors="ignore"))
-    if chars < nbytes and chars < len(text):
-        chars += 1  # the cut fell inside a multibyte character
-    newline = text.find("\n", chars)
-    if newline != -1 and newline - chars < 4096:
-        return newline + 1
-    return chars
+def _split_lines(text: str) -> list[str]:
+    """Lines with their newline kept; the last item is the unfinished line (maybe empty)."""
+    parts = text.split("\n")
+    return [part + "\n" for part in parts[:-1]] + [parts[-1]]
