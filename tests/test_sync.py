@@ -213,3 +213,12 @@ async def test_awareness_is_relayed_with_non_ascii_names_and_removed_on_close(da
     await late.wait_for(lambda _: a.doc.client_id not in late.awareness)
     await b.close()
     await late.close()
+
+
+async def test_presence_comes_back_to_a_lone_client(daemon: Daemon) -> None:
+    """y-websocket clients reconnect after 30 s without a message: the presence
+    renewal they send every 15 s must come back to them even when alone."""
+    alone = await daemon.connect("nb.ipynb")
+    alone.set_awareness({"user": {"name": "solo"}})
+    await alone.wait_for(lambda _: alone.awareness.get(alone.doc.client_id, {}).get("user", {}).get("name") == "solo")
+    await alone.close()

@@ -123,7 +123,9 @@ class Room:
             entries.append(entry)
         accepted = self.awareness.apply(entries, owner=peer)
         if accepted:
-            self.broadcast(encode_awareness(write_awareness(accepted)), exclude=peer)
+            # Sent back to the sender too, as y-websocket's server does: its periodic
+            # presence renewal is what keeps a lone browser's 30 s silence timer quiet.
+            self.broadcast(encode_awareness(write_awareness(accepted)))
 
     def on_query_awareness(self, peer: Peer) -> None:
         states = self.awareness.encode_all()
