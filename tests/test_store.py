@@ -497,12 +497,21 @@ async def test_rows_appended_while_compaction_merges_are_kept(tmp_path: Path) ->
     head, tail = updates[:500], updates[500:]
     async with SQLiteStore(tmp_path / "db.sqlite3") as store:
         await store.append("r", head)
-        gate = threading.Event()
-        holder = store._writer.submit(lambda conn: gate.wait(30))
-        compaction = asyncio.create_task(store.compact("r"))
-        appends = [asyncio.create_task(store.append("r", [u])) for u in tail]
+        gate, holding = threading.Event(), threading.Event()
+
+        def hold(conn: object) -> None:
+            holding.set()
+            gate.wait(30)
+
+        holder = store._writer.submit(hold)
         try:
-            # wait until the merge is done and its swap is queued behind the appends
+            # The writer is inside `hold` with nothing else in its batch ...
+            await asyncio.to_thread(holding.wait, 10)
+            appends = [asyncio.create_task(store.append("r", [u])) for u in tail]
+            while store._writer._queue.qsize() < len(tail):
+                await asyncio.sleep(0.005)
+            # ... so the merge reads the log without the appends, whose commits queue before its swap.
+            compaction = asyncio.create_task(store.compact("r"))
             while store._writer._queue.qsize() <= len(tail):
                 if compaction.done():
                     compaction.result()  # raises what went wrong

@@ -30,6 +30,7 @@ from .files import InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
 from .notebook import export_notebook
 from .kernel import AgentSettings, KernelAgents
 from .login import login_routes
+from .pages import page_routes
 from .rooms import RoomManager, RoomSettings
 from .sessions import CSRF_HEADER, LoginLimiter, SessionSigner, load_secret
 from .store import SQLiteStore, Store
@@ -105,6 +106,7 @@ class NotebookSync:
             Route("/api/notebooks/{path:path}/kernel", self.kernel_status, methods=["GET"]),
             Route("/api/notebooks/{path:path}", self.get_notebook, methods=["GET"]),
             Route("/api/notebooks/{path:path}", self.create_notebook, methods=["POST"]),
+            *page_routes(),
         ]
 
     @asynccontextmanager

@@ -13,17 +13,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .pages import SECURITY_HEADERS
 from .sessions import COOKIE_NAME, LoginLimiter, SessionSigner
 from .users import UserStore
 
-SECURITY_HEADERS = {
+HEADERS = {
+    **SECURITY_HEADERS,
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
         "base-uri 'none'; frame-ancestors 'none'"
     ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
+    # Not no-referrer: that makes the browser send "Origin: null" with the form post,
+    # which the cross-site check would (rightly) refuse.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -63,7 +65,7 @@ def _page(request: Request, *, name: str = "", next_url: str = "/", error: str =
         next=html.escape(next_url),
         error=f'<p class="error" role="alert">{html.escape(error)}</p>' if error else "",
     )
-    return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+    return HTMLResponse(body, status_code=status, headers=HEADERS)
 
 
 def login_routes(

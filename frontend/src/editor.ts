@@ -1,0 +1,110 @@
+// CodeMirror 6 editors bound to a cell's Y.Text by y-codemirror.next.
+//
+// yCollab gives shared text, remote carets/selections (from awareness) and undo through
+// a Y.UndoManager that tracks only this editor's own origin: Ctrl+Z never undoes other
+// people's typing. CodeMirror's own history is not used.
+import * as Y from 'yjs'
+import type { Awareness } from 'y-protocols/awareness'
+import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
+import { EditorState, type Extension } from '@codemirror/state'
+import {
+  EditorView, keymap, drawSelection, dropCursor, highlightSpecialChars, placeholder, type KeyBinding
+} from '@codemirror/view'
+import { defaultKeymap, indentWithTab } from '@codemirror/commands'
+import { HighlightStyle, syntaxHighlighting, indentOnInput, bracketMatching, indentUnit } from '@codemirror/language'
+import { closeBrackets, closeBracketsKeymap } from '@codemirror/autocomplete'
+import { highlightSelectionMatches } from '@codemirror/search'
+import { python } from '@codemirror/lang-python'
+import { markdown } from '@codemirror/lang-markdown'
+import { tags as t } from '@lezer/highlight'
+
+/** The CSP nonce for CodeMirror's <style> elements, from the page shell. */
+export function cspNonce (): string {
+  return document.querySelector<HTMLMetaElement>('meta[name="csp-nonce"]')?.content ?? ''
+}
+
+// JupyterLab-like colours on a light background.
+const notebookHighlight = HighlightStyle.define([
+  { tag: t.keyword, color: '#008000', fontWeight: '600' },
+  { tag: [t.controlKeyword, t.moduleKeyword, t.operatorKeyword], color: '#008000', fontWeight: '600' },
+  { tag: [t.definitionKeyword, t.self], color: '#008000', fontWeight: '600' },
+  { tag: [t.string, t.special(t.string), t.regexp], color: '#ba2121' },
+  { tag: t.comment, color: '#3d7a7a', fontStyle: 'italic' },
+  { tag: [t.number, t.bool, t.null], color: '#098658' },
+  { tag: t.operator, color: '#aa22ff', fontWeight: '600' },
+  { tag: [t.function(t.definition(t.variableName)), t.definition(t.className)], color: '#0000ff' },
+  { tag: t.className, color: '#0000ff' },
+  { tag: [t.standard(t.variableName), t.special(t.variableName)], color: '#008000' },
+  { tag: t.propertyName, color: '#1f3a93' },
+  { tag: t.heading, color: '#0b4f9e', fontWeight: '700' },
+  { tag: t.emphasis, fontStyle: 'italic' },
+  { tag: t.strong, fontWeight: '700' },
+  { tag: t.link, color: '#1565c0', textDecoration: 'underline' },
+  { tag: t.url, color: '#1565c0' },
+  { tag: t.monospace, color: '#8b3b00' },
+  { tag: t.quote, color: '#555' },
+  { tag: t.invalid, color: '#f00' }
+])
+
+const editorTheme = EditorView.theme({
+  '&': { fontSize: '13.5px', backgroundColor: 'transparent' },
+  '&.cm-focused': { outline: 'none' },
+  '.cm-content': { fontFamily: 'var(--mono)', padding: '6px 0', caretColor: '#111' },
+  '.cm-line': { padding: '0 10px' },
+  '.cm-scroller': { fontFamily: 'var(--mono)', lineHeight: '1.45' },
+  '.cm-placeholder': { color: '#9aa0a6' },
+  '.cm-selectionBackground': { backgroundColor: '#d7e4f7 !important' },
+  '&.cm-focused .cm-selectionBackground': { backgroundColor: '#b9d2f5 !important' }
+})
+
+export type Language = 'python' | 'markdown' | 'text'
+
+export interface EditorOptions {
+  ytext: Y.Text
+  awareness: Awareness
+  language: Language
+  /** bindings that take precedence over the editor's own (run, leave, move between cells) */
+  keys: readonly KeyBinding[]
+  onFocus: () => void
+  readOnly?: boolean
+}
+
+function languageExtension (language: Language): Extension {
+  if (language === 'python') return python()
+  if (language === 'markdown') return [markdown(), EditorView.lineWrapping]
+  return EditorView.lineWrapping
+}
+
+export function createEditor (parent: HTMLElement, options: EditorOptions): EditorView {
+  // Only changes made through this editor (y-codemirror's origin, added by the plugin) are undone.
+  const undoManager = new Y.UndoManager(options.ytext, { trackedOrigins: new Set() })
+  const extensions: Extension[] = [
+    EditorView.cspNonce.of(cspNonce()),
+    keymap.of([...options.keys]),
+    highlightSpecialChars(),
+    drawSelection(),
+    dropCursor(),
+    indentOnInput(),
+    indentUnit.of('    '),
+    EditorState.tabSize.of(4),
+    bracketMatching(),
+    closeBrackets(),
+    highlightSelectionMatches(),
+    syntaxHighlighting(notebookHighlight),
+    languageExtension(options.language),
+    placeholder(options.language === 'markdown' ? 'Markdown text' : options.language === 'python' ? 'Code' : 'Raw text'),
+    keymap.of([...closeBracketsKeymap, ...yUndoManagerKeymap, indentWithTab, ...defaultKeymap]),
+    yCollab(options.ytext, options.awareness, { undoManager }),
+    editorTheme,
+    EditorView.editable.of(!options.readOnly),
+    EditorState.readOnly.of(Boolean(options.readOnly)),
+    EditorView.domEventHandlers({
+      focus: () => { options.onFocus() }
+    }),
+    EditorView.contentAttributes.of({ 'aria-label': `${options.language} cell editor` })
+  ]
+  return new EditorView({
+    parent,
+    state: EditorState.create({ doc: options.ytext.toString(), extensions })
+  })
+}

@@ -1,0 +1,165 @@
+"""The browser pages: ``/`` (the notebook list), ``/notebooks/{path}`` and ``/static/…``.
+
+The pages are static HTML shells: the bundled script (built from ``frontend/`` into
+``crdtnb/static``) reads the notebook path from the URL and the token from ``?token=``
+(moving it to sessionStorage and out of the address bar), then talks to the authenticated
+REST API and websocket. The shells carry no data, so they need no auth themselves.
+
+Every page response carries a strict Content-Security-Policy:
+
+- ``script-src 'self'``: no inline script, no eval, nothing from elsewhere;
+- styles: ``style-src-elem 'self' 'nonce-…'`` (a fresh nonce per response, handed to
+  CodeMirror's ``EditorView.cspNonce`` for the <style> elements it injects) and
+  ``style-src-attr 'unsafe-inline'`` (style *attributes* only: y-codemirror.next colours
+  remote carets with them and ansi_up uses them for 256-colour text). Style attributes
+  cannot load anything: ``img-src``/``font-src`` stay closed to other origins;
+- ``connect-src 'self'`` plus the page's own ``ws://``/``wss://`` origin;
+- ``img-src 'self' data: blob:`` (outputs are data: URLs), ``object-src 'none'``,
+  ``base-uri 'none'``, ``frame-ancestors 'none'``, ``form-action 'self'``.
+
+Add them to an app with ``app.router.routes.extend(page_routes())`` or, in
+``NotebookSync.routes``, ``*page_routes()``.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Receive, Scope, Send
+
+__all__ = ["STATIC_DIR", "content_security_policy", "page_routes"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+# Host header values we are willing to echo into the CSP (host, IPv4, [IPv6], optional port).
+_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+SECURITY_HEADERS: dict[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+def content_security_policy(nonce: str, host: str | None = None) -> str:
+    """The CSP of a page; ``host`` (the request's Host header) names the websocket origin."""
+    connect = ["'self'"]
+    if host and _HOST.match(host):
+        connect += [f"ws://{host}", f"wss://{host}"]
+    directives = [
+        "default-src 'none'",
+        "script-src 'self'",
+        f"style-src 'self' 'nonce-{nonce}'",
+        f"style-src-elem 'self' 'nonce-{nonce}'",
+        "style-src-attr 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "font-src 'self' data:",
+        f"connect-src {' '.join(connect)}",
+        "manifest-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+    ]
+    return "; ".join(directives)
+
+
+_SHELL = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="crdtnb-base" content="{base}">
+<meta name="csp-nonce" content="{nonce}">
+<title>{title}</title>
+<link rel="icon" href="{base}static/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="{base}static/app.css">
+<script type="module" src="{base}static/{script}"></script>
+</head>
+<body data-page="{page}">
+<div id="app"></div>
+<noscript><p class="banner">crdtnb needs JavaScript to show notebooks.</p></noscript>
+</body>
+</html>
+"""
+
+
+def _base(request: Request) -> str:
+    """The URL prefix the routes are served under ("/" unless the app is mounted)."""
+    root = str(request.scope.get("root_path") or "").rstrip("/")
+    return f"{root}/"
+
+
+def _missing_bundle(static_dir: Path) -> Response:
+    return PlainTextResponse(
+        f"The crdtnb frontend bundle is missing from {static_dir}: run `npm ci && npm run build` in frontend/.",
+        status_code=503,
+        headers=SECURITY_HEADERS,
+    )
+
+
+def _shell(request: Request, static_dir: Path, *, page: str, script: str, title: str) -> Response:
+    if not (static_dir / script).is_file():
+        return _missing_bundle(static_dir)
+    nonce = secrets.token_urlsafe(18)
+    body = _SHELL.format(
+        base=html.escape(_base(request), quote=True),
+        nonce=nonce,
+        title=html.escape(title),
+        script=script,
+        page=page,
+    )
+    headers = {
+        **SECURITY_HEADERS,
+        "Content-Security-Policy": content_security_policy(nonce, request.headers.get("host")),
+        "Cache-Control": "no-store",
+    }
+    return HTMLResponse(body, headers=headers)
+
+
+class _SecureStatic:
+    """StaticFiles with the security headers on every response (ETag revalidation, no caching
+    without it: the file names are stable, so a stale bundle must not be kept)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.files = StaticFiles(directory=directory, check_dir=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                for name, value in (*SECURITY_HEADERS.items(), ("Cache-Control", "no-cache")):
+                    if name.lower().encode() not in names:
+                        headers.append((name.lower().encode(), value.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.files(scope, receive, send_with_headers)
+
+
+def page_routes(static_dir: str | Path | None = None) -> list[BaseRoute]:
+    """Starlette routes for ``/``, ``/notebooks/{path}`` and ``/static/…``."""
+    directory = Path(static_dir) if static_dir is not None else STATIC_DIR
+
+    async def notebook_list(request: Request) -> Response:
+        return _shell(request, directory, page="list", script="list.js", title="Notebooks · crdtnb")
+
+    async def notebook_page(request: Request) -> Response:
+        name = request.path_params["path"].rsplit("/", 1)[-1] or "notebook"
+        return _shell(request, directory, page="notebook", script="notebook.js", title=f"{name} · crdtnb")
+
+    return [
+        Route("/", notebook_list, methods=["GET", "HEAD"], name="crdtnb_list"),
+        Route("/notebooks/{path:path}", notebook_page, methods=["GET", "HEAD"], name="crdtnb_notebook"),
+        Mount("/static", app=_SecureStatic(directory), name="static"),
+    ]

@@ -1,0 +1,55 @@
+"""Fixtures for the end-to-end tests: a daemon serving the pages, headless Chromium.
+
+Chromium is Debian's (``/usr/bin/chromium``, installed by ``.ci/run``), driven by Playwright
+for Python; Playwright downloads nothing. Without Playwright or Chromium the tests are
+skipped, unless ``CRDTNB_REQUIRE_BROWSER=1`` (set by ``.ci/run``), which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Daemon
+
+from .browser import CHROMIUM, ARTIFACTS, Browser, launch
+
+REQUIRE = os.environ.get("CRDTNB_REQUIRE_BROWSER") == "1"
+
+
+def _browser_missing() -> str | None:
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright)"
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        return f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = _browser_missing()
+    if missing is None or REQUIRE:
+        return  # with CRDTNB_REQUIRE_BROWSER=1 a missing browser fails every test here
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.skip(reason=missing))
+
+
+@pytest.fixture
+def web(daemon_factory: Any) -> Daemon:
+    """A daemon on 127.0.0.1 serving the API, the websocket and the pages."""
+    return daemon_factory()
+
+
+@pytest.fixture
+async def browser(request: pytest.FixtureRequest) -> AsyncIterator[Browser]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    async with launch(request.node.name) as b:
+        yield b

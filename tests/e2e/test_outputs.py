@@ -1,0 +1,192 @@
+"""Outputs rendered live from the document (seeded from Python, as the kernel agent writes them)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pycrdt import Text
+
+from crdtnb.notebook import new_output_map
+from tests.conftest import Daemon
+
+from .browser import Browser, eventually_equal
+from .images import gradient_png
+
+pytestmark = pytest.mark.timeout(60)
+
+NB = "nb.ipynb"
+
+HOSTILE_HTML = (
+    "<p class='ok'>rich <b>bold</b> output</p>"
+    "<img id='bad' src='x' onerror='window.__pwned = 1'>"
+    "<script>window.__pwned = 2</script>"
+    "<a href='javascript:window.__pwned = 3'>click</a>"
+    "<table><tr><th>n</th></tr><tr><td>42</td></tr></table>"
+    "<style>body { display: none }</style>"
+)
+HOSTILE_SVG = (
+    "<svg xmlns='http://www.w3.org/2000/svg' width='40' height='40'>"
+    "<script>window.__pwned = 4</script>"
+    "<circle cx='20' cy='20' r='15' fill='teal' onload='window.__pwned = 5'/></svg>"
+)
+TRACEBACK = [
+    "\x1b[0;31m---------------------------------------------------------------------------\x1b[0m",
+    "\x1b[0;31mZeroDivisionError\x1b[0m                         Traceback (most recent call last)",
+    "Cell \x1b[0;32mIn[7], line 1\x1b[0m\n\x1b[0;32m----> 1\x1b[0m \x1b[38;5;241m1\x1b[39m\x1b[38;5;241m/\x1b[39m\x1b[38;5;241m0\x1b[39m",
+    "\x1b[0;31mZeroDivisionError\x1b[0m: division by zero",
+]
+
+
+def seeded_outputs() -> list[dict[str, object]]:
+    return [
+        {"output_type": "stream", "name": "stdout", "text": "plain, \x1b[31mred\x1b[0m and \x1b[1;32mbold green\x1b[0m\n"},
+        {"output_type": "stream", "name": "stderr", "text": "a warning on stderr\n"},
+        {"output_type": "execute_result", "execution_count": 7, "metadata": {},
+         "data": {"text/plain": "\x1b[34m42\x1b[0m"}},
+        {"output_type": "display_data", "metadata": {},
+         "data": {"text/html": HOSTILE_HTML, "text/plain": "<HTML>"}},
+        {"output_type": "display_data", "metadata": {"image/png": {"width": 60, "height": 30}},
+         "data": {"image/png": gradient_png(), "text/plain": "<Figure>"}},
+        {"output_type": "display_data", "metadata": {}, "data": {"image/svg+xml": HOSTILE_SVG}},
+        {"output_type": "display_data", "metadata": {},
+         "data": {"application/json": {"name": "Zoë", "scores": [1, 2.5], "nested": {"ok": True}}}},
+        {"output_type": "error", "ename": "ZeroDivisionError", "evalue": "division by zero", "traceback": TRACEBACK},
+    ]
+
+
+async def test_seeded_outputs_render_safely(web: Daemon, browser: Browser) -> None:
+    zoe = await browser.open(web, NB)
+    bob = await browser.open(web, NB, name="Bob", color="#1976d2")
+    cell_id = (await zoe.cell_ids())[1]
+    for page in (zoe, bob):
+        assert await page.csp_violations() == []  # the page itself needs nothing the CSP refuses
+    nb = await web.connect(NB)
+    try:
+        cell = nb.cell(cell_id)
+        with nb.doc.transaction():
+            for output in seeded_outputs():
+                cell["outputs"].append(new_output_map(output))
+            cell["execution_count"] = 7
+        await nb.roundtrip()
+    finally:
+        await nb.close()
+    for page in (zoe, bob):
+        out = page.cell(cell_id).locator(".outputs")
+        await out.locator(".output").nth(7).wait_for()
+        assert await out.locator(".output").count() == 8
+        assert await page.cell(cell_id).locator(".prompt-in").text_content() == "[7]:"
+        assert await page.cell(cell_id).locator(".prompt-out").text_content() == "Out[7]:"
+        # ANSI colours in a stream and in text/plain
+        stdout = out.locator(".output-stdout")
+        assert await stdout.locator("span.ansi-red-fg").text_content() == "red"
+        green = stdout.locator("span.ansi-green-fg")
+        assert await green.text_content() == "bold green"
+        assert "bold" in (await green.get_attribute("style") or "")
+        assert await out.locator(".output-stderr").text_content() == "a warning on stderr\n"
+        assert await out.locator("[data-output-type='execute_result'] span.ansi-blue-fg").text_content() == "42"
+        # sanitized HTML: content kept, every script path gone
+        html = out.locator(".output-html")
+        assert await html.locator("p.ok b").text_content() == "bold"
+        assert await html.locator("td").text_content() == "42"
+        assert await html.locator("script, style").count() == 0
+        assert await html.locator("#bad").get_attribute("onerror") is None
+        assert await html.locator("a").get_attribute("href") is None
+        assert await page.page.locator("body").is_visible()
+        # PNG decoded by the browser at its size
+        img = out.locator("img.output-image")
+        await page.page.wait_for_function(
+            "(el) => el.complete && el.naturalWidth === 60", arg=await img.element_handle()
+        )
+        assert (await img.get_attribute("src") or "").startswith("data:image/png;base64,iVBOR")
+        # sanitized SVG: the circle stays, its handler and the script go
+        svg = out.locator(".output-svg svg")
+        assert await svg.locator("circle").count() == 1
+        assert await svg.locator("circle").get_attribute("onload") is None
+        assert await svg.locator("script").count() == 0
+        # JSON pretty-printed, unicode intact
+        json_text = await out.locator(".output-json").text_content() or ""
+        assert '"name": "Zoë"' in json_text and '\n  "scores": [\n    1,\n    2.5\n  ]' in json_text
+        # the error: traceback with ANSI colours
+        error = out.locator(".output-error")
+        assert "ZeroDivisionError: division by zero" in (await error.text_content() or "")
+        assert await error.locator("span.ansi-red-fg").count() >= 2
+        assert await page.page.evaluate("() => window.__pwned") is None
+    await zoe.screenshot("outputs")
+    for page in (zoe, bob):
+        # DOMPurify parsed the hostile markup in an inert document; Chromium reports what it saw
+        # there against the CSP (inline handler, <style>; blocked): nothing else may show up.
+        violations = await page.csp_violations()
+        assert {v.split()[0] for v in violations} <= {"script-src-attr", "script-src-elem", "style-src-elem"}, violations
+        page.assert_no_errors(allow=("inline event handler", "Content Security Policy"))
+
+
+async def test_stream_grows_in_place(web: Daemon, browser: Browser) -> None:
+    zoe = await browser.open(web, NB)
+    bob = await browser.open(web, NB, name="Bob", color="#1976d2")
+    cell_id = (await zoe.cell_ids())[0]
+    nb = await web.connect(NB)
+    try:
+        nb.cell(cell_id)["outputs"].append(new_output_map({"output_type": "stream", "name": "stdout", "text": "line 0\n"}))
+        for page in (zoe, bob):
+            pre = page.cell(cell_id).locator(".output-stdout")
+            await pre.wait_for()
+            # mark the element and its first text: re-creating or re-rendering would lose the marks
+            await pre.evaluate("el => { el.__probe = 'same element'; el.firstChild.__probe = 'same text' }")
+        text: Text = nb.cell(cell_id)["outputs"][0]["text"]
+        expected = "line 0\n"
+        for i in range(1, 16):
+            chunk = f"line {i} \x1b[32mok\x1b[0m ✓\n"
+            text += chunk
+            expected += chunk.replace("\x1b[32m", "").replace("\x1b[0m", "")
+            if i % 5 == 0:
+                for page in (zoe, bob):
+                    pre = page.cell(cell_id).locator(".output-stdout")
+                    await eventually_equal(lambda: pre.text_content(), expected)
+                    assert await pre.evaluate("el => el.__probe") == "same element"
+                    assert await pre.evaluate("el => el.firstChild.__probe") == "same text"
+                    assert await page.cell(cell_id).locator(".output").count() == 1
+            await asyncio.sleep(0.05)
+        for page in (zoe, bob):
+            assert await page.cell(cell_id).locator(".output-stdout span.ansi-green-fg").count() == 15
+        # a rewrite that is not an append (what a \r progress bar turns into) is rendered too
+        with nb.doc.transaction():
+            del text[0 : len(text)]
+            text += "100% done\n"
+        for page in (zoe, bob):
+            pre = page.cell(cell_id).locator(".output-stdout")
+            await eventually_equal(lambda: pre.text_content(), "100% done\n")
+        # clearing the outputs empties the area on every page
+        nb.cell(cell_id)["outputs"].clear()
+        for page in (zoe, bob):
+            await eventually_equal(lambda: page.cell(cell_id).locator(".output").count(), 0)
+        await nb.roundtrip()
+    finally:
+        await nb.close()
+    zoe.assert_no_errors()
+    bob.assert_no_errors()
+
+
+async def test_execution_state_and_kernel_status_are_shown(web: Daemon, browser: Browser) -> None:
+    page = await browser.open(web, NB)
+    first, second = await page.cell_ids()
+    prompt = page.cell(second).locator(".prompt-in")
+    assert await prompt.text_content() == "[ ]:"
+    nb = await web.connect(NB)
+    try:
+        nb.cell(second)["execution_state"] = "running"
+        nb.state["kernel_status"] = "busy"
+        await eventually_equal(lambda: prompt.text_content(), "[*]:")
+        await eventually_equal(lambda: page.page.locator(".kernel-status").text_content(), "Kernel busy")
+        assert await page.cell(second).evaluate("el => el.classList.contains('running')")
+        with nb.doc.transaction():
+            nb.cell(second)["execution_state"] = "idle"
+            nb.cell(second)["execution_count"] = 12
+            nb.state["kernel_status"] = "idle"
+        await eventually_equal(lambda: prompt.text_content(), "[12]:")
+        await eventually_equal(lambda: page.page.locator(".kernel-status").get_attribute("data-status"), "idle")
+        await nb.roundtrip()
+    finally:
+        await nb.close()
+    assert await page.cell(first).locator(".prompt-in").text_content() == "[ ]:"
+    page.assert_no_errors()
