@@ -9,10 +9,11 @@ host runs ``sync.lifespan``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,30 @@ NOT_STARTED = (
     "crdtnb is not started: run its lifespan in the host app "
     "(Starlette(..., lifespan=sync.lifespan)); Starlette does not run lifespans of mounted apps"
 )
+
+
+Handler = Callable[["NotebookSync", Request, str], Awaitable[Response]]
+
+
+def _api(action: Action) -> Callable[[Handler], Callable[["NotebookSync", Request], Awaitable[Response]]]:
+    """An API endpoint: authenticate, authorize ``action`` on the notebook path of the
+    URL (the server itself when there is none), and turn file errors into statuses."""
+
+    def wrap(handler: Handler) -> Callable[[NotebookSync, Request], Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def endpoint(self: NotebookSync, request: Request) -> Response:
+            path = request.path_params.get("path", "")
+            checked = await self._check_http(request, path, action)
+            if isinstance(checked, Response):
+                return checked
+            try:
+                return await handler(self, request, path)
+            except Exception as exc:
+                return _file_error(exc)
+
+        return endpoint
+
+    return wrap
 
 
 class NotebookSync:
@@ -233,10 +258,8 @@ class NotebookSync:
             return _error(503, NOT_STARTED)
         return JSONResponse({"status": "ok", "rooms": len(self.rooms.rooms), "connections": self._connections})
 
-    async def list_notebooks(self, request: Request) -> Response:
-        checked = await self._check_http(request, "", Action.READ)
-        if isinstance(checked, Response):
-            return checked
+    @_api(Action.READ)
+    async def list_notebooks(self, request: Request, path: str) -> Response:
         entries = await asyncio.to_thread(self.files.list)
         return JSONResponse(
             {
@@ -247,36 +270,20 @@ class NotebookSync:
             }
         )
 
-    async def get_notebook(self, request: Request) -> Response:
-        path = request.path_params["path"]
-        checked = await self._check_http(request, path, Action.READ)
-        if isinstance(checked, Response):
-            return checked
-        try:
-            async with self.rooms.hold(path) as room:
-                return JSONResponse(export_notebook(room.doc))
-        except Exception as exc:
-            return _file_error(exc)
+    @_api(Action.READ)
+    async def get_notebook(self, request: Request, path: str) -> Response:
+        async with self.rooms.hold(path) as room:
+            return JSONResponse(export_notebook(room.doc))
 
-    async def create_notebook(self, request: Request) -> Response:
-        path = request.path_params["path"]
-        checked = await self._check_http(request, path, Action.WRITE)
-        if isinstance(checked, Response):
-            return checked
-        try:
-            nb = await asyncio.to_thread(self.files.create, path)
-        except Exception as exc:
-            return _file_error(exc)
+    @_api(Action.WRITE)
+    async def create_notebook(self, request: Request, path: str) -> Response:
+        nb = await asyncio.to_thread(self.files.create, path)
         return JSONResponse({"path": self.files.normalize(path), "notebook": nb}, status_code=201)
-
 
     # -- kernels -------------------------------------------------------------------
 
-    async def execute(self, request: Request) -> Response:
-        path = request.path_params["path"]
-        checked = await self._check_http(request, path, Action.EXECUTE)
-        if isinstance(checked, Response):
-            return checked
+    @_api(Action.EXECUTE)
+    async def execute(self, request: Request, path: str) -> Response:
         try:
             body = await request.json()
             cell_ids = body["cell_ids"]
@@ -284,34 +291,19 @@ class NotebookSync:
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             return _error(400, 'expected a JSON body {"cell_ids": ["<cell id>", ...]}')
-        try:
-            queued = await self.kernels.execute(path, cell_ids)
-        except Exception as exc:
-            return _file_error(exc)
+        queued = await self.kernels.execute(path, cell_ids)
         return JSONResponse({"queued": queued, **self.kernels.status(path)}, status_code=202)
 
-    async def kernel_action(self, request: Request) -> Response:
-        path = request.path_params["path"]
-        checked = await self._check_http(request, path, Action.EXECUTE)
-        if isinstance(checked, Response):
-            return checked
+    @_api(Action.EXECUTE)
+    async def kernel_action(self, request: Request, path: str) -> Response:
         action = request.url.path.rsplit("/", 1)[-1]
-        try:
-            self.files.normalize(path)
-            await getattr(self.kernels, action)(path)
-        except Exception as exc:
-            return _file_error(exc)
+        self.files.normalize(path)
+        await getattr(self.kernels, action)(path)
         return JSONResponse(self.kernels.status(path))
 
-    async def kernel_status(self, request: Request) -> Response:
-        path = request.path_params["path"]
-        checked = await self._check_http(request, path, Action.READ)
-        if isinstance(checked, Response):
-            return checked
-        try:
-            return JSONResponse(self.kernels.status(path))
-        except Exception as exc:
-            return _file_error(exc)
+    @_api(Action.READ)
+    async def kernel_status(self, request: Request, path: str) -> Response:
+        return JSONResponse(self.kernels.status(path))
 
 
 def _error(status: int, message: str) -> JSONResponse:
