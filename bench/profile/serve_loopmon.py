@@ -1,0 +1,130 @@
+"""`crdtnb serve` with an event-loop stall monitor (diagnostics for bench/README.md).
+
+Usage: python bench/profile/serve_loopmon.py serve ROOT --port P --token T ...  (crdtnb's CLI)
+Every loop stall above LOOPMON_MS (default 15) is written to stderr as
+``STALL <t since start s> <wall ms> <main-thread CPU ms>``: a stall whose CPU is close to its
+wall time was the daemon's own work on the loop; one with little CPU was the process waiting
+for a core (or for the GIL held by another of its threads).
+"""
+
+import asyncio
+import os
+import sys
+import time
+from contextlib import asynccontextmanager
+
+import crdtnb.app
+from crdtnb.cli import main
+
+THRESHOLD = float(os.environ.get("LOOPMON_MS", "15")) / 1000
+_original = crdtnb.app.NotebookSync.lifespan
+T_START = time.monotonic()
+if os.environ.get("LOOPMON_SWITCH"):  # e.g. 0.0005: try a shorter GIL switch interval
+    sys.setswitchinterval(float(os.environ["LOOPMON_SWITCH"]))
+
+
+def _timed(cls, name: str, label: str, min_ms: float = 0.0) -> None:
+    """Log how long ``cls.name`` takes (wall), to line its runs up with the stalls."""
+    original = getattr(cls, name)
+    if asyncio.iscoroutinefunction(original):
+        async def wrapper(*args, **kwargs):
+            t0 = time.monotonic()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                ms = (time.monotonic() - t0) * 1000
+                if ms >= min_ms:
+                    print(f"{label} {t0 - T_START:.3f} {ms:.1f}", file=sys.stderr, flush=True)
+    else:
+        def wrapper(*args, **kwargs):
+            t0 = time.monotonic()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                print(f"{label} {t0 - T_START:.3f} {(time.monotonic() - t0) * 1000:.1f}", file=sys.stderr, flush=True)
+    setattr(cls, name, wrapper)
+
+
+import crdtnb.files  # noqa: E402
+import crdtnb.filesync  # noqa: E402
+
+_timed(crdtnb.filesync.FileSync, "save", "SAVE")
+_timed(crdtnb.files.NotebookFiles, "write", "WRITE")
+if os.environ.get("LOOPMON_APPEND_MS"):  # slow store appends (commit latency seen by the room)
+    import crdtnb.store  # noqa: E402
+
+    _timed(crdtnb.store.SQLiteStore, "append", "APPEND", float(os.environ["LOOPMON_APPEND_MS"]))
+
+
+async def _monitor() -> None:
+    t_start = T_START
+    while True:
+        t0, c0 = time.monotonic(), time.thread_time()
+        await asyncio.sleep(0.002)
+        wall, cpu = time.monotonic() - t0 - 0.002, time.thread_time() - c0
+        if wall > THRESHOLD:
+            print(f"STALL {t0 - t_start:.3f} {wall * 1000:.1f} {cpu * 1000:.1f}", file=sys.stderr, flush=True)
+
+
+@asynccontextmanager
+async def lifespan(self, app=None):
+    task = asyncio.create_task(_monitor())
+    try:
+        async with _original(self, app):
+            yield
+    finally:
+        task.cancel()
+
+
+crdtnb.app.NotebookSync.lifespan = lifespan
+
+if os.environ.get("LOOPMON_BG_CHECKPOINT"):
+    # Trial of a proposed change: WAL checkpoints (which fsync) off the writer's commit path,
+    # run PASSIVE from their own connection and thread every LOOPMON_BG_CHECKPOINT seconds.
+    import sqlite3
+    import threading
+
+    import crdtnb.store  # noqa: E402
+
+    _connect = crdtnb.store._connect_writer
+    _period = float(os.environ["LOOPMON_BG_CHECKPOINT"])
+
+    def _checkpointer(path) -> None:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        while True:
+            time.sleep(_period)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                pass
+
+    def _connect_writer(path, synchronous):
+        conn = _connect(path, synchronous)
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        threading.Thread(target=_checkpointer, args=(path,), daemon=True).start()
+        return conn
+
+    crdtnb.store._connect_writer = _connect_writer
+
+if os.environ.get("LOOPMON_STAMP_CACHE"):
+    # Trial of a proposed change: the 1 s poll of every open file stats the path resolved when
+    # the room opened instead of resolving it (Path.resolve walks every component) each time.
+    import crdtnb.files  # noqa: E402
+
+    _resolved: dict = {}
+
+    def stamp(self, path):
+        real = _resolved.get(path)
+        if real is None:
+            real = _resolved[path] = self.resolve(path)
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            _resolved.pop(path, None)
+            return None
+        return crdtnb.files.FileStamp(st.st_mtime_ns, st.st_size, "")
+
+    crdtnb.files.NotebookFiles.stamp = stamp
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""report.md and fanout.png from results.json (python bench/report.py OUT/results.json re-renders)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+PEERS = ("pycrdt-websocket", "y-websocket")
+COLORS = {"crdtnb": "#d62728", "crdtnb-mem": "#ff9896", "pycrdt-websocket": "#1f77b4", "y-websocket": "#2ca02c", "uvicorn-floor": "#7f7f7f"}
+START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
+
+
+def f(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}f}"
+
+
+def s(summary: dict | None, digits: int = 2) -> str:
+    """median (min–max)"""
+    if not summary or summary.get("median") is None:
+        return "–"
+    if summary.get("n", 1) <= 1 or summary["min"] == summary["max"]:
+        return f(summary["median"], digits)
+    return f"{f(summary['median'], digits)} ({f(summary['min'], digits)}–{f(summary['max'], digits)})"
+
+
+def med(summary: dict | None):
+    return summary.get("median") if summary else None
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+def fanout_rows(results: dict) -> list[tuple[int, int, str, dict, dict]]:
+    """(clients, rate, kind, per-rate dict, point dict), sorted."""
+    rows = []
+    for key, point in results.get("fanout", {}).items():
+        kind, clients = key.rsplit("/", 1)
+        if "error" in point:
+            rows.append((int(clients), 0, kind, {"error": point["error"]}, point))
+            continue
+        for rate, data in point["rates"].items():
+            rows.append((int(clients), int(rate), kind, data, point))
+    order = {k: i for i, k in enumerate(COLORS)}
+    return sorted(rows, key=lambda r: (r[0], r[1], order.get(r[2], 9)))
+
+
+def targets(results: dict) -> list[dict]:
+    """Issue 6's targets as ratios in the same run."""
+    out = []
+    by_point: dict[tuple[int, int], dict[str, dict]] = {}
+    for clients, rate, kind, data, _ in fanout_rows(results):
+        if "error" not in data:
+            by_point.setdefault((clients, rate), {})[kind] = data
+    for (clients, rate), kinds in sorted(by_point.items()):
+        ours = kinds.get("crdtnb")
+        peers = {k: v for k, v in kinds.items() if k in PEERS}
+        if ours is None or not peers:
+            continue
+        for metric, label in (("p99_ms", "fan-out p99"), ("cpu_ms_per_1000", "CPU per delivery")):
+            candidates = {k: med(v[metric]) for k, v in peers.items() if med(v[metric]) is not None}
+            mine = med(ours[metric])
+            if not candidates or mine is None:
+                continue
+            best_kind = min(candidates, key=candidates.get)
+            best = candidates[best_kind]
+            out.append(
+                {
+                    "target": f"{label}, {clients} clients × {rate}/s",
+                    "crdtnb": mine,
+                    "reference": best,
+                    "reference_name": best_kind,
+                    "ratio": mine / best if best else None,
+                    "met": mine <= best,
+                    "unit": "ms" if metric == "p99_ms" else "CPU ms/1000",
+                }
+            )
+    flood = results.get("flood", {}).get("crdtnb", {})
+    if flood and "error" not in flood:
+        ours = med(flood["crdtnb"].get("lines", {}).get("wall_s"))
+        ref = med(flood["nbclient"].get("lines", {}).get("wall_s"))
+        if ours and ref:
+            out.append(
+                {"target": "10⁶-line print within 1.2× nbclient", "crdtnb": ours, "reference": ref * 1.2,
+                 "reference_name": "1.2 × nbclient", "ratio": ours / ref, "met": ours <= 1.2 * ref, "unit": "s"}
+            )
+        for cid in ("lines", "progress"):
+            p99 = med(flood["crdtnb"].get(cid, {}).get("other_p99_ms"))
+            if p99 is not None:
+                out.append(
+                    {"target": f"other room p99 < 10 ms during the flood ({cid})", "crdtnb": p99, "reference": 10.0,
+                     "reference_name": "10 ms", "ratio": p99 / 10.0, "met": p99 < 10.0, "unit": "ms"}
+                )
+    return out
+
+
+def render(results: dict, plot_name: str = "fanout.png") -> str:
+    m = results.get("machine", {})
+    v = m.get("versions", {})
+    L: list[str] = []
+    L.append(f"Run: **{results.get('mode')}** mode, {m.get('date')}, {results.get('total_seconds')} s in all.")
+    L.append("")
+    L.append(
+        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GiB, {m.get('os')}; "
+        f"Python {m.get('python')}, node {m.get('node')}. "
+        f"crdtnb {v.get('crdtnb')} ({v.get('crdtnb_git')}), pycrdt {v.get('pycrdt')}, pycrdt-websocket {v.get('pycrdt-websocket')}, "
+        f"uvicorn {v.get('uvicorn')} + uvloop {v.get('uvloop')}, y-websocket {v.get('y-websocket')} with yjs {v.get('yjs')}, "
+        f"nbclient {v.get('nbclient')}, ipykernel {v.get('ipykernel')}."
+    )
+    L.append("")
+    pin = m.get("server_cpus")
+    L.append(
+        (f"Servers pinned to CPU {pin}, all clients (one process, uvloop) to CPU {m.get('client_cpus')}" if pin else "Nothing pinned")
+        + f"; load average at start {m.get('loadavg_start')}, at end {m.get('loadavg_end')} "
+        "(other work on the machine shows up as noise, mostly in p99)."
+    )
+    for rerun in results.get("reruns", []):
+        rm = rerun.get("machine", {})
+        L.append("")
+        L.append(
+            f"Re-run on {rm.get('date')}: {', '.join(rerun.get('scenarios', []))} "
+            f"(load average at start {rm.get('loadavg_start')}, at end {rm.get('loadavg_end')})."
+        )
+    if results.get("skipped"):
+        L.append("")
+        L.append("Skipped: " + "; ".join(f"{k}: {r}" for k, r in results["skipped"].items()))
+    L.append("")
+
+    tg = targets(results)
+    if tg:
+        L.append("### Targets (issue 6), as ratios in this run")
+        L.append("")
+        L += table(
+            ["target", "crdtnb", "reference", "ratio", "met"],
+            [[t["target"], f"{f(t['crdtnb'])} {t['unit']}", f"{f(t['reference'])} ({t['reference_name']})", f(t["ratio"]), "**yes**" if t["met"] else "**no**"] for t in tg],
+        )
+
+    rows = fanout_rows(results)
+    if rows:
+        L.append("### Fan-out: one room, one writer at a fixed rate, latency to every other client")
+        L.append("")
+        L.append(
+            "Median of repetitions (min–max). Latency: writer's send to each other client's socket read. "
+            "CPU: server process CPU ms (all threads) per 1000 deliveries. RSS: server's peak resident set (VmHWM) "
+            "over the whole point, and its resident set at the end (crdtnb's peak includes one argon2 hash at start-up, "
+            "64 MiB, freed at once). *client CPU*: share of the client core in use (near 1.0 the clients, not the server, limit)."
+        )
+        L.append("")
+        trs = []
+        for clients, rate, kind, data, point in rows:
+            if "error" in data:
+                trs.append([str(clients), "–", kind, f"error: {data['error'][:80]}", "", "", "", "", "", ""])
+                continue
+            trs.append(
+                [str(clients), f"{rate}/s", kind, s(data["p50_ms"]), s(data["p99_ms"]), s(data["deliveries_per_s"], 0),
+                 s(data["cpu_ms_per_1000"], 0), f"{f(point.get('peak_rss_mb'), 0)} / {f(point.get('rss_end_mb'), 0)}", f"{data['lost']}/{data['disconnected']}",
+                 f(med(data["client_cpu_util"]))]
+            )
+        L += table(["clients", "rate", "server", "p50 ms", "p99 ms", "deliveries/s", "CPU ms/1000", "RSS MB peak / end", "lost/closed", "client CPU"], trs)
+        L.append(f"![fan-out]({plot_name})")
+        L.append("")
+
+        L.append("### The durable log's cost: crdtnb (SQLite log) against crdtnb with an in-memory store")
+        L.append("")
+        lrs = []
+        pts: dict[tuple[int, int], dict] = {}
+        for clients, rate, kind, data, _ in rows:
+            if "error" not in data:
+                pts.setdefault((clients, rate), {})[kind] = data
+        for (clients, rate), kinds in sorted(pts.items()):
+            a, b = kinds.get("crdtnb"), kinds.get("crdtnb-mem")
+            if a and b:
+                ra = (med(a["p99_ms"]) or 0) / (med(b["p99_ms"]) or 1)
+                rc = (med(a["cpu_ms_per_1000"]) or 0) / (med(b["cpu_ms_per_1000"]) or 1)
+                lrs.append([str(clients), f"{rate}/s", s(a["p50_ms"]), s(b["p50_ms"]), s(a["p99_ms"]), s(b["p99_ms"]), f(ra), s(a["cpu_ms_per_1000"], 0), s(b["cpu_ms_per_1000"], 0), f(rc)])
+        if lrs:
+            L += table(["clients", "rate", "p50 log", "p50 memory", "p99 log", "p99 memory", "p99 ratio", "CPU log", "CPU memory", "CPU ratio"], lrs)
+
+    rooms = results.get("rooms", {})
+    if rooms:
+        L.append("### Many rooms: memory per room and per connection")
+        L.append("")
+        L.append(
+            "R rooms opened with one client each (peers' rooms get the same small notebook, pushed by that client), "
+            "then 2 more clients per room. Per connection = RSS growth from the extra clients / 2R; per room = "
+            "growth from the first round / R minus one connection. Idle CPU: server CPU share with every room open and no traffic."
+        )
+        L.append("")
+        rr = []
+        for kind, r in rooms.items():
+            if "error" in r:
+                rr.append([kind, f"error: {r['error'][:80]}"] + [""] * 7)
+                continue
+            rr.append([kind, f(r["rooms"]), f(r["connections"]), f(r["rss_baseline_mb"], 0), f(r["rss_rooms_all_clients_mb"], 0),
+                       f(r["kb_per_room"], 1), f(r["kb_per_connection"], 1), f(r["open_rooms_per_s"], 0), f(r["idle_cpu_util"])])
+        L += table(["server", "rooms", "connections", "RSS before MB", "RSS after MB", "KB/room", "KB/connection", "rooms opened/s", "idle CPU"], rr)
+
+    large = results.get("large", {})
+    if large:
+        L.append("### Opening a large notebook: time until a new client is synced")
+        L.append("")
+        any_r = next((r for r in large.values() if "error" not in r), {})
+        L.append(
+            f"{any_r.get('cells')} code cells, {f((any_r.get('ipynb_bytes') or 0) / 2**20)} MiB of .ipynb with outputs. "
+            "*synced*: connect + step1 until the whole step2 is read; *applied*: until it is also applied in a pycrdt Doc "
+            "(the client's own cost included). crdtnb alone can open it cold (nobody connected): from the .ipynb on first use, "
+            "from its log afterwards; the peers only hold what a client pushed to them."
+        )
+        L.append("")
+        lr = []
+        for kind, r in large.items():
+            if "error" in r:
+                lr.append([kind, f"error: {r['error'][:80]}", "", "", "", "", ""])
+                continue
+            lr.append([kind, s(r.get("warm_synced_ms"), 1), s(r.get("warm_applied_ms"), 1), s(r.get("cold_from_file_ms"), 0),
+                       s(r.get("cold_from_store_ms"), 0), f((r.get("step2_bytes") or 0) / 2**20), f(r.get("peak_rss_mb"), 0)])
+        L += table(["server", "warm synced ms", "warm applied ms", "cold from .ipynb ms", "cold from log ms", "step2 MiB", "peak RSS MB"], lr)
+
+    flood = results.get("flood", {}).get("crdtnb")
+    if flood:
+        L.append("### Output flood: crdtnb's kernel agent against nbclient")
+        L.append("")
+        if "error" in flood:
+            L.append(f"error: {flood['error']}")
+            L.append("")
+        else:
+            c = flood["crdtnb"]
+            n = flood["nbclient"]
+            L.append(
+                "Wall time of the cell from the execute request until a watching client sees it idle (crdtnb) and of "
+                "`NotebookClient.async_execute_cell` (nbclient), warm kernels, the two runs interleaved "
+                f"({len(c.get('lines', {}).get('reps', []))} each), daemon, nbclient and kernels not pinned (crdtnb's kernel is its "
+                "child and would share its core). Meanwhile another room of crdtnb (10 clients, one writer at 50/s) fans out "
+                f"(its p99 before the flood: {f(flood.get('other_room_quiet_p99_ms'))} ms)."
+            )
+            L.append("")
+            fr = []
+            for cid, label in (("lines", "print 10⁶ lines" if results.get("mode") == "full" else "print lines"), ("progress", "\\r progress bar")):
+                if cid not in c:
+                    continue
+                ratio = (med(c[cid]["wall_s"]) or 0) / (med(n.get(cid, {}).get("wall_s")) or 1)
+                fr.append([label, s(c[cid]["wall_s"]), s(n.get(cid, {}).get("wall_s")), f(ratio), f(c[cid]["doc_bytes"] / 2**20, 3),
+                           f(c[cid]["exported_json_bytes"] / 2**20, 3), f(n.get(cid, {}).get("notebook_json_bytes", 0) / 2**20, 3),
+                           s(c[cid]["other_p99_ms"]), f(c[cid]["daemon_peak_rss_mb"], 0)])
+            L += table(["cell", "crdtnb s", "nbclient s", "ratio", "doc MiB", ".ipynb MiB", "nbclient nb MiB", "other room p99 ms", "daemon peak RSS MB"], fr)
+
+    cu = results.get("catchup", {})
+    if cu:
+        L.append("### Reconnect catch-up: a client that missed N updates (one typed character each)")
+        L.append("")
+        L.append("Time from connect to the step2 being applied, the step2's bytes, and the writer's ingest rate (N updates sent back to back, then a round trip).")
+        L.append("")
+        cr = []
+        for kind, r in cu.items():
+            if "error" in r:
+                cr.append([kind, f"error: {r['error'][:80]}", "", "", "", ""])
+                continue
+            for n, d in r["n"].items():
+                cr.append([kind, n, s(d["catchup_ms"]), s(d["step2_bytes"], 0), s(d["ingest_updates_per_s"], 0), f(d["consistent"])])
+        L += table(["server", "N", "catch-up ms", "step2 bytes", "ingest updates/s", "consistent"], cr)
+    return "\n".join(L)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in fanout_rows(results) if "error" not in r[3]]
+    if not rows:
+        return
+    counts = sorted({r[0] for r in rows})
+    rates = sorted({r[1] for r in rows if all(any(x[0] == c and x[1] == r[1] for x in rows) for c in counts)})
+    if not rates:
+        rates = sorted({r[1] for r in rows})[:1]
+    fig, axes = plt.subplots(2, len(rates), figsize=(5.5 * len(rates), 8), squeeze=False)
+    for col, rate in enumerate(rates):
+        for row, (metric, label) in enumerate((("p99_ms", "p99 latency (ms)"), ("cpu_ms_per_1000", "server CPU ms / 1000 deliveries"))):
+            ax = axes[row][col]
+            kinds = sorted({r[2] for r in rows}, key=lambda k: list(COLORS).index(k) if k in COLORS else 9)
+            for kind in kinds:
+                pts = [(c, d[metric]) for c, rt, k, d, _ in rows if k == kind and rt == rate and d[metric]["median"] is not None]
+                if not pts:
+                    continue
+                xs = [p[0] for p in pts]
+                ys = [p[1]["median"] for p in pts]
+                lo = [p[1]["median"] - p[1]["min"] for p in pts]
+                hi = [p[1]["max"] - p[1]["median"] for p in pts]
+                ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=kind, color=COLORS.get(kind))
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xticks(counts)
+            ax.set_xticklabels([str(c) for c in counts])
+            ax.set_xlabel("clients in the room")
+            ax.set_ylabel(label)
+            ax.set_title(f"one writer at {rate} updates/s")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+    m = results.get("machine", {})
+    fig.suptitle(f"Fan-out: median, min–max ({m.get('date')})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict, out: Path) -> None:
+    plot(results, out / "fanout.png")
+    body = render(results, "fanout.png")
+    (out / "report.md").write_text("# crdtnb benchmarks against its peers\n\n" + body + "\n")
+
+
+def update_readme(results: dict, out: Path, readme: Path, png: Path) -> None:
+    if (out / "fanout.png").exists():
+        shutil.copyfile(out / "fanout.png", png)
+    body = render(results, png.name)
+    text = readme.read_text() if readme.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    if START not in text or END not in text:
+        text += f"\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{body}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    # python bench/report.py OUT/results.json [--update-readme]
+    path = Path(sys.argv[1])
+    data = json.loads(path.read_text())
+    write(data, path.parent)
+    if "--update-readme" in sys.argv[2:]:
+        here = Path(__file__).resolve().parent
+        update_readme(data, path.parent, here / "README.md", here / "fanout.png")
+    print(path.parent / "report.md")

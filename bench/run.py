@@ -1,0 +1,248 @@
+"""crdtnb against its peers, one command: python bench/run.py [--quick] [--out bench/results]
+
+Starts each server fresh (crdtnb, crdtnb with an in-memory store, pycrdt-websocket under
+uvicorn, the y-websocket@1.5.4 node server), drives all of them with the same lean pycrdt-based
+clients (bench/wsclient.py), and writes OUT/results.json, OUT/report.md and OUT/fanout.png.
+On a machine with 2+ cores the servers are pinned to CPU 0 and this process (all clients) to
+CPU 1, except for the output flood (see bench/README.md). ``--quick`` is a smoke run for CI:
+tiny sizes, about a minute, no timing asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import report  # noqa: E402
+import scenarios  # noqa: E402
+from servers import ALL_KINDS, EXTRA_KINDS, NODE_DIR, ensure_node  # noqa: E402
+
+SCENARIOS = ("fanout", "rooms", "large", "flood", "catchup")
+
+
+def build_config(args: argparse.Namespace, workdir: Path, out: Path) -> scenarios.Config:
+    cfg = scenarios.Config(quick=args.quick, workdir=workdir, log_dir=out / "logs")
+    if args.quick:
+        cfg.reps = 1
+        cfg.window = 1.0
+        cfg.drain = 2.0
+        cfg.fanout_points = ((3, (20,)), (10, (50,)))
+        cfg.rooms = 20
+        cfg.large_cells = 50
+        cfg.flood_lines = 10**4
+        cfg.flood_steps = 10**3
+        cfg.flood_other_clients = 5
+        cfg.catchup_ns = (10, 100)
+        cfg.flood_reps = 1
+    else:
+        cfg.reps = args.reps
+        cfg.flood_reps = max(args.reps, 5)
+        cfg.fanout_points = ((10, (10, 100, 1000)), (100, (10, 100)), (500, (10, 100)))
+    if args.rooms:
+        cfg.rooms = args.rooms
+    cpus = os.sched_getaffinity(0)
+    if not args.no_pin and len(cpus) >= 2:
+        ordered = sorted(cpus)
+        cfg.server_cpus = {ordered[0]}
+        os.sched_setaffinity(0, {ordered[1]})
+    return cfg
+
+
+def machine_info(kinds: list[str], cfg: scenarios.Config) -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        import psutil
+
+        mem_gb = round(psutil.virtual_memory().total / 2**30, 1)
+    except Exception:
+        pass
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def node_version(pkg: str) -> str | None:
+        try:
+            return json.loads((NODE_DIR / "node_modules" / pkg / "package.json").read_text())["version"]
+        except OSError:
+            return None
+
+    node = shutil.which("node")
+    rev = None
+    try:
+        rev = subprocess.run(["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except Exception:
+        pass
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "node": subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip() if node else None,
+        "versions": {
+            "crdtnb": version("crdtnb"),
+            "crdtnb_git": rev,
+            "pycrdt": version("pycrdt"),
+            "pycrdt-websocket": version("pycrdt-websocket"),
+            "uvicorn": version("uvicorn"),
+            "websockets": version("websockets"),
+            "uvloop": version("uvloop"),
+            "nbclient": version("nbclient"),
+            "ipykernel": version("ipykernel"),
+            "y-websocket": node_version("y-websocket"),
+            "yjs": node_version("yjs"),
+        },
+        "kinds": kinds,
+        "server_cpus": sorted(cfg.server_cpus) if cfg.server_cpus else None,
+        "client_cpus": sorted(os.sched_getaffinity(0)),
+    }
+
+
+async def run_all(cfg: scenarios.Config, kinds: list[str], only: list[str], results: dict, save) -> None:
+    def step(name: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
+
+    def load() -> list[float]:
+        return [round(x, 2) for x in os.getloadavg()]
+
+    async def guarded(section: str, key: str, coro_fn):
+        step(f"{section}: {key}")
+        t = time.monotonic()
+        before = load()
+        try:
+            value = await coro_fn()
+        except Exception as exc:  # one failing server must not sink the whole report
+            traceback.print_exc()
+            value = {"error": f"{type(exc).__name__}: {exc}"}
+        value["seconds"] = round(time.monotonic() - t, 1)
+        value["loadavg_before"] = before
+        value["loadavg_after"] = load()
+        results.setdefault(section, {})[key] = value
+        save()
+
+    if "fanout" in only:
+        for clients, rates in cfg.fanout_points:
+            for kind in kinds:
+                await guarded("fanout", f"{kind}/{clients}", lambda k=kind, c=clients, r=rates: scenarios.fanout(cfg, k, c, r))
+    if "rooms" in only:
+        for kind in [k for k in kinds if k not in ("crdtnb-mem", "uvicorn-floor")]:
+            await guarded("rooms", kind, lambda k=kind: scenarios.many_rooms(cfg, k, cfg.rooms))
+    if "large" in only:
+        target = 250_000 if cfg.quick else 5_000_000
+        for kind in [k for k in kinds if k not in ("crdtnb-mem", "uvicorn-floor")]:
+            await guarded("large", kind, lambda k=kind: scenarios.open_large(cfg, k, cfg.large_cells, target))
+    if "catchup" in only:
+        for kind in [k for k in kinds if k != "uvicorn-floor"]:
+            await guarded("catchup", kind, lambda k=kind: scenarios.catchup(cfg, k, cfg.catchup_ns))
+    if "flood" in only and "crdtnb" in kinds:
+        await guarded("flood", "crdtnb", lambda: scenarios.flood(cfg))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny sizes, no timing asserts")
+    parser.add_argument("--out", default=str(BENCH / "results"), help="results folder (default: bench/results)")
+    parser.add_argument("--kinds", default=",".join(ALL_KINDS), help=f"servers to run (default: {','.join(ALL_KINDS)})")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"scenarios to run (default: {','.join(SCENARIOS)})")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per measurement (full mode)")
+    parser.add_argument("--rooms", type=int, default=0, help="rooms in the many-rooms test (default 1000, quick 20)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to separate CPUs")
+    parser.add_argument("--merge", action="store_true", help="keep OUT/results.json and replace only the scenarios run now (e.g. re-run --only flood)")
+    parser.add_argument("--update-readme", action="store_true", help="write the tables into bench/README.md and copy the plot to bench/fanout.png")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    for k in kinds:
+        if k not in ALL_KINDS + EXTRA_KINDS:
+            parser.error(f"unknown server {k!r}")
+    for s in only:
+        if s not in SCENARIOS:
+            parser.error(f"unknown scenario {s!r}")
+    skipped = {}
+    if "y-websocket" in kinds:
+        reason = ensure_node()
+        if reason:
+            print(f"y-websocket skipped: {reason}", flush=True)
+            skipped["y-websocket"] = reason
+            kinds.remove("y-websocket")
+    # thousands of sockets on both sides
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+
+    workdir = Path(tempfile.mkdtemp(prefix="crdtnb-bench-"))
+    cfg = build_config(args, workdir, out)
+    results: dict = {"mode": "quick" if args.quick else "full", "machine": machine_info(kinds, cfg), "skipped": skipped}
+    results["machine"]["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
+    if args.merge and (out / "results.json").exists():
+        previous = json.loads((out / "results.json").read_text())
+        for section in only:
+            previous.pop(section, None)
+        previous.setdefault("reruns", []).append({"scenarios": only, "machine": results["machine"]})
+        results = previous
+    t0 = time.monotonic()
+
+    def save() -> None:
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(run_all(cfg, kinds, only, results, save))
+    finally:
+        if "reruns" in results and args.merge:
+            results["reruns"][-1]["seconds"] = round(time.monotonic() - t0, 1)
+            results["reruns"][-1]["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        else:
+            results["total_seconds"] = round(time.monotonic() - t0, 1)
+            results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        save()
+        shutil.rmtree(workdir, ignore_errors=True)
+    report.write(results, out)
+    if args.update_readme:
+        report.update_readme(results, out, BENCH / "README.md", BENCH / "fanout.png")
+    errors = [f"{section}/{key}: {v['error']}" for section, entries in results.items() if isinstance(entries, dict)
+              for key, v in entries.items() if isinstance(v, dict) and "error" in v]
+    took = results["reruns"][-1]["seconds"] if args.merge and results.get("reruns") else results["total_seconds"]
+    print(f"done in {took} s: {out / 'report.md'}", flush=True)
+    for e in errors:
+        print(f"ERROR {e}", flush=True)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
