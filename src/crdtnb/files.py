@@ -84,14 +84,6 @@ class NotebookFiles:
     def exists(self, path: str) -> bool:
         return self.resolve(path).is_file()
 
-    def stamp(self, path: str) -> FileStamp | None:
-        """(mtime, size) only; sha is filled by read()."""
-        try:
-            st = self.resolve(path).stat()
-        except FileNotFoundError:
-            return None
-        return FileStamp(st.st_mtime_ns, st.st_size, "")
-
     def read(self, path: str) -> tuple[dict[str, Any], FileStamp]:
         """Read and validate a notebook; upgrade it to nbformat 4."""
         real = self.resolve(path)

@@ -96,8 +96,9 @@ class UserStore:
         self.path = Path(state_dir) / "users.sqlite3"
         self._hasher = PasswordHasher()
         self._ready = False
-        # A hash to verify against when the user does not exist, so timing does not tell.
-        self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
+        # A hash to verify against when the user does not exist, so timing does not
+        # tell; made on the first login (argon2 takes 64 MiB and ~0.2 s).
+        self._dummy_hash: str | None = None
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -171,7 +172,12 @@ class UserStore:
     def verify_password(self, name: str, password: str) -> Account | None:
         with self._db() as db:
             row = db.execute("SELECT password_hash FROM users WHERE name = ?", (name,)).fetchone()
-        stored = row[0] if row and row[0] else self._dummy_hash
+        if row and row[0]:
+            stored = row[0]
+        else:
+            if self._dummy_hash is None:
+                self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
+            stored = self._dummy_hash
         try:
             self._hasher.verify(stored, password)
         except (VerificationError, InvalidHashError):
