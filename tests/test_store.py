@@ -676,3 +676,20 @@ async def test_delete_room(tmp_path: Path) -> None:
     async with SQLiteStore(path) as store:
         assert await store.load("gone") == updates[:2]
         assert await store.rooms() == ["gone", "kept"]
+
+
+async def test_wal_is_checkpointed_in_the_background_not_in_commits(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    big = [bytes([i % 251]) * 10_000 for i in range(120)]  # ~1.2 MB of rows
+    async with SQLiteStore(path) as store:
+        await store.append("r", big)
+        # Commits leave the WAL alone (autocheckpoint is off) ...
+        deadline = asyncio.get_running_loop().time() + 10
+        # ... and the checkpointer copies it into the database file within a few seconds.
+        while path.stat().st_size < 1_000_000:
+            assert asyncio.get_running_loop().time() < deadline, "no background checkpoint"
+            await asyncio.sleep(0.1)
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0  # truncated at close
+    async with SQLiteStore(path) as store:
+        assert await store.load("r") == big

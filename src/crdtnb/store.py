@@ -242,10 +242,46 @@ def _connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
             raise StoreError(f"{path}: cannot use WAL journal mode (got {mode!r})")
         # NORMAL in WAL mode: a commit survives the process being killed, not a power loss
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # Checkpoints (and their fsync) run on their own thread, not inside the commit
+        # that every relayed update waits for: see _Checkpointer.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+class _Checkpointer:
+    """Copies the WAL back into the database every ``interval`` seconds (PASSIVE: it
+    never blocks the writer or readers), from its own connection and thread."""
+
+    def __init__(self, path: Path, interval: float = 1.0) -> None:
+        self.path = path
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"crdtnb-checkpoint:{path.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    logger.warning("WAL checkpoint of %s failed; will retry", self.path, exc_info=True)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            logger.warning("final WAL checkpoint of %s failed", self.path, exc_info=True)
+        finally:
+            conn.close()
 
 
 def _connect_reader(path: Path) -> sqlite3.Connection:
@@ -547,6 +583,7 @@ class SQLiteStore(Store):
         self.compact_threshold_bytes = compact_threshold_bytes
         self._writer = _Writer(self.path, mode)
         self._readers = _Readers(self.path)
+        self._checkpointer = _Checkpointer(self.path)
         # room -> (rows, bytes) since its snapshot. Seeded at start, then changed only by the
         # writer thread after a commit, so it is exact; the loop reads it without I/O.
         self._log_sizes: dict[str, tuple[int, int]] = {}
@@ -575,6 +612,7 @@ class SQLiteStore(Store):
         except BaseException:
             await self.close()
             raise
+        self._checkpointer.start()
 
     @staticmethod
     def _init_db(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
@@ -596,6 +634,7 @@ class SQLiteStore(Store):
             await self._writer.stop()
         finally:
             await self._readers.close()
+            await asyncio.to_thread(self._checkpointer.stop)
 
     def _check_open(self) -> None:
         if self._state is not _OPEN:
