@@ -64,13 +64,13 @@ def _nbytes(text: str) -> int:
 class _Stream:
     """What we know of the stream output being appended to, so that no message
     costs work proportional to the text already written: the bytes kept at the
-    start (and the truncation note), the byte length of each complete line
-    after them, and the current (last, unfinished) line itself."""
+    start (and the truncation note), the complete lines after them as UTF-8
+    chunks (one per message), and the current, unfinished line itself."""
 
     name: str
     ytext: Text
     head_bytes: int = 0
-    lines: deque[int] = field(default_factory=deque)
+    lines: deque[bytes] = field(default_factory=deque)
     lines_bytes: int = 0
     last_line: str = ""
     truncated: bool = False
@@ -79,27 +79,56 @@ class _Stream:
     def total_bytes(self) -> int:
         return self.head_bytes + self.lines_bytes + _nbytes(self.last_line)
 
-    def add_lines(self, complete: list[str]) -> None:
-        for line in complete:
-            size = _nbytes(line)
-            self.lines.append(size)
-            self.lines_bytes += size
+    def take(self, text: str) -> None:
+        """Account for ``text`` written at the end of the current line."""
+        end = text.rfind("\n") + 1
+        if end:
+            chunk = text[:end].encode("utf-8")
+            self.lines.append(chunk)
+            self.lines_bytes += len(chunk)
+        self.last_line = text[end:]
 
     def drop_lines(self, nbytes: int) -> int:
-        """Forget complete lines from the start until ``nbytes`` are covered; return bytes dropped."""
+        """Forget whole lines from the start until ``nbytes`` are covered; return bytes dropped."""
         dropped = 0
         while self.lines and dropped < nbytes:
-            size = self.lines.popleft()
-            self.lines_bytes -= size
-            dropped += size
+            chunk = self.lines[0]
+            need = nbytes - dropped
+            if len(chunk) <= need:
+                self.lines.popleft()
+                dropped += len(chunk)
+                continue
+            cut = chunk.find(b"\n", need - 1) + 1  # chunks end with a newline: cut > 0
+            self.lines[0] = chunk[cut:]
+            dropped += cut
+            if not self.lines[0]:
+                self.lines.popleft()
+        self.lines_bytes -= dropped
         return dropped
+
+    def keep_head(self, limit: int) -> int:
+        """Move as many whole lines as fit in ``limit`` bytes from the start into the head."""
+        kept = 0
+        while self.lines:
+            chunk = self.lines[0]
+            if kept + len(chunk) <= limit:
+                kept += len(chunk)
+                self.lines.popleft()
+                continue
+            cut = chunk.rfind(b"\n", 0, limit - kept) + 1
+            if cut:
+                kept += cut
+                self.lines[0] = chunk[cut:]
+            break
+        self.lines_bytes -= kept
+        self.head_bytes += kept
+        return kept
 
     @classmethod
     def adopt(cls, name: str, ytext: Text) -> _Stream:
         """Take over a stream output as it is in the document."""
         stream = cls(name, ytext)
-        *complete, stream.last_line = _split_lines(str(ytext))
-        stream.add_lines(complete)
+        stream.take(str(ytext))
         return stream
 
 
@@ -270,8 +299,7 @@ class OutputWriter:
         added = incoming[common:]
         if added:
             stream.ytext.insert(base, added)
-        *complete, stream.last_line = _split_lines(incoming)
-        stream.add_lines(complete)
+        stream.take(incoming)
         self._cap_stream(stream)
 
     def _cap_stream(self, stream: _Stream) -> None:
@@ -280,10 +308,7 @@ class OutputWriter:
             return
         if not stream.truncated:
             # Keep the beginning (whole lines), then a visible note, then the latest output.
-            keep = int(limit * self.limits.stream_head_fraction)
-            head = 0
-            while stream.lines and head + stream.lines[0] <= keep:
-                head += stream.drop_lines(1)
+            head = stream.keep_head(int(limit * self.limits.stream_head_fraction))
             note = f"\n… [crdtnb: output truncated, the stream passed {_human(limit)}; the latest output follows] …\n"
             stream.ytext.insert(head, note)
             stream.head_bytes = head + _nbytes(note)
@@ -382,9 +407,3 @@ def _join_streams(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, di
                 continue
         joined.append((cell_id, msg))
     return joined
-
-
-def _split_lines(text: str) -> list[str]:
-    """Lines with their newline kept; the last item is the unfinished line (maybe empty)."""
-    parts = text.split("\n")
-    return [part + "\n" for part in parts[:-1]] + [parts[-1]]
