@@ -10,11 +10,9 @@ whole WebsocketServer (seen in this harness's reconnect test). Usage: python ben
 
 from __future__ import annotations
 
-import argparse
-import logging
 from contextlib import asynccontextmanager
 
-import uvicorn
+from uvicorn_main import serve  # bench/ is on sys.path when run as a script
 from pycrdt.websocket import ASGIServer, WebsocketServer, exception_logger
 
 
@@ -46,11 +44,7 @@ def build_app():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    uvicorn.run(build_app(), host="127.0.0.1", port=args.port, log_level="warning", ws_max_size=64 * 2**20, lifespan="on")
+    serve(build_app())
 
 
 if __name__ == "__main__":

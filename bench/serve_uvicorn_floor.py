@@ -11,13 +11,11 @@ Usage: python bench/serve_uvicorn_floor.py --port P
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
 import os
 from collections import deque
 
-import uvicorn
+from uvicorn_main import serve  # bench/ is on sys.path when run as a script
 
 EMPTY_STEP2 = b"\x00\x01\x02\x00\x00"
 # FLOOR_WRITER_TASKS=1: deliver through a queue and a writer task per connection, as crdtnb's
@@ -98,11 +96,7 @@ def build_app():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    uvicorn.run(build_app(), host="127.0.0.1", port=args.port, log_level="warning", ws_max_size=64 * 2**20, lifespan="on")
+    serve(build_app())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,17 @@
+"""The command line the bench's reference servers share: serve an ASGI app on 127.0.0.1:PORT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import uvicorn
+
+
+def serve(app: Any) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", ws_max_size=64 * 2**20, lifespan="on")
