@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pycrdt import Array, Doc, Map, Text
+from pycrdt import Array, Decoder, Doc, Map, Text
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 if str(SRC) not in sys.path:  # the package may not be installed in the venv
@@ -39,20 +39,8 @@ ROOTS: dict[str, type] = {"cells": Array, "meta": Map, "state": Map}
 
 def state_vector(state: bytes) -> dict[int, int]:
     """Decoded independently of the store: client -> clock (the byte order is not canonical)."""
-    pos = 0
-
-    def var_uint() -> int:
-        nonlocal pos
-        result = shift = 0
-        while True:
-            byte = state[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return result
-            shift += 7
-
-    return {var_uint(): var_uint() for _ in range(var_uint())}
+    reader = Decoder(state)
+    return {reader.read_var_uint(): reader.read_var_uint() for _ in range(reader.read_var_uint())}
 
 
 def view(doc: Doc[Any]) -> tuple[dict[str, Any], dict[int, int]]:

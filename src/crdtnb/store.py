@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from pycrdt import Doc, get_update, merge_updates
+from pycrdt import Decoder, Doc, get_update, merge_updates
 
 __all__ = [
     "CompactionError",
@@ -120,28 +120,10 @@ class Store(Protocol):
 # --- merging a log ------------------------------------------------------------------------
 
 
-class _Lib0:
-    """Just enough of lib0's decoder to read state vectors and delete sets."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def var_uint(self) -> int:
-        result = shift = 0
-        while True:
-            byte = self._data[self._pos]
-            self._pos += 1
-            result |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return result
-            shift += 7
-
-
 def decode_state_vector(state: bytes) -> dict[int, int]:
     """client id -> next expected clock. Compare these, not bytes: the encoding's order is free."""
-    reader = _Lib0(state)
-    return {reader.var_uint(): reader.var_uint() for _ in range(reader.var_uint())}
+    reader = Decoder(state)
+    return {reader.read_var_uint(): reader.read_var_uint() for _ in range(reader.read_var_uint())}
 
 
 def _unintegrated(update: bytes, state: bytes, clocks: dict[int, int]) -> bytes | None:
@@ -151,13 +133,13 @@ def _unintegrated(update: bytes, state: bytes, clocks: dict[int, int]) -> bytes 
     Doc.get_update(); a snapshot built from get_update() alone would silently drop them.
     """
     rest = get_update(update, state)  # v1: structs section, then delete set
-    reader = _Lib0(rest)
-    if reader.var_uint():  # structs the doc could not integrate
+    reader = Decoder(rest)
+    if reader.read_var_uint():  # structs the doc could not integrate
         return rest
-    for _ in range(reader.var_uint()):
-        client = reader.var_uint()
-        for _ in range(reader.var_uint()):
-            clock, length = reader.var_uint(), reader.var_uint()
+    for _ in range(reader.read_var_uint()):
+        client = reader.read_var_uint()
+        for _ in range(reader.read_var_uint()):
+            clock, length = reader.read_var_uint(), reader.read_var_uint()
             if clock + length > clocks.get(client, 0):  # deletes items the doc has not seen yet
                 return rest
     return None
