@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .accounts import AccountAuth
@@ -120,7 +121,7 @@ class NotebookSync:
             login = login_routes(self.accounts.users, self.accounts.signer, self.login_limiter, self.origin_allowed)
         return login + [
             Route("/api/session", self.session, methods=["GET"]),
-            WebSocketRoute("/api/sync/{path:path}", self.sync_endpoint),
+            WebSocketRoute("/api/sync/{path:path}", _RawASGI(self.sync_endpoint)),
             Route("/api/health", self.health, methods=["GET"]),
             Route("/api/notebooks", self.list_notebooks, methods=["GET"]),
             # Kernel routes come before the catch-all notebook routes.
@@ -188,7 +189,8 @@ class NotebookSync:
 
     # -- websocket -----------------------------------------------------------------
 
-    async def sync_endpoint(self, websocket: WebSocket) -> None:
+    async def sync_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
         await websocket.accept()
         path = websocket.path_params["path"]
         if not self.started:
@@ -228,7 +230,7 @@ class NotebookSync:
         client = websocket.client
         label = f"{name} {user.name}@{client.host}:{client.port}" if client else f"{name} {user.name}"
         try:
-            await run_peer(websocket, room, user=user, can_write=can_write, limits=self.limits, label=label)
+            await run_peer(websocket, send, room, user=user, can_write=can_write, limits=self.limits, label=label)
         finally:
             self._connections -= 1
             self.rooms.release(room)
@@ -304,6 +306,17 @@ class NotebookSync:
     @_api(Action.READ)
     async def kernel_status(self, request: Request, path: str) -> Response:
         return JSONResponse(self.kernels.status(path))
+
+
+class _RawASGI:
+    """Routes to a bound method as a plain ASGI app (Starlette would otherwise
+    call a method endpoint with a WebSocket, hiding the connection's ``send``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -1,18 +1,22 @@
 """The websocket transport: one connection is one peer of one room.
 
-Reading and writing are two tasks: the reader parses and dispatches frames, the
-writer drains a bounded queue, so a client that stops reading only ever fills
-its own queue and is then disconnected (it resyncs when it comes back).
+A reader task parses and dispatches frames; writes happen inline when the
+socket takes them, and a writer task drains a bounded queue when it does not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import types
 from collections import deque
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
+from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .auth import User
@@ -65,14 +69,27 @@ class ConnectionClosed(Exception):
 
 
 class WebSocketPeer:
-    """A room peer backed by a websocket, with a bounded outgoing queue."""
+    """A room peer backed by a websocket.
 
-    def __init__(self, websocket: WebSocket, limits: TransportLimits, label: str) -> None:
+    A message is written to the socket at once, inside ``send``, whenever nothing
+    is waiting before it: the common case costs no task switch. Only when the
+    socket pushes back (the client reads slowly) do messages wait in a bounded
+    queue that the writer task drains; a client that stops reading fills only its
+    own queue and is then disconnected (it resyncs when it comes back).
+    """
+
+    def __init__(self, websocket: WebSocket, send: Send, limits: TransportLimits, label: str) -> None:
         self.websocket = websocket
         self.limits = limits
         self.label = label
+        self._asgi_send = send
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
+        # A write that could not finish inline, carried on by a task; until the
+        # writer has finished it and drained the queue, later messages queue.
+        self._in_flight: asyncio.Future[None] | None = None
+        self._backlogged = False
+        self._failure: BaseException | None = None
         self._ready = asyncio.Event()
         self._close: tuple[int, str] | None = None
         # Set when the writer itself may be stuck behind a client that stopped reading.
@@ -83,7 +100,10 @@ class WebSocketPeer:
         return self._close is not None
 
     def send(self, message: bytes) -> None:
-        if self._close is not None:
+        if self._close is not None or self._failure is not None:
+            return
+        if not self._backlogged:
+            self._write_now(message)
             return
         if (
             self._queued_bytes + len(message) > self.limits.max_queue_bytes
@@ -96,6 +116,17 @@ class WebSocketPeer:
         self._queued_bytes += len(message)
         self._ready.set()
 
+    def _write_now(self, message: bytes) -> None:
+        try:
+            self._in_flight = start_eagerly(self._asgi_send({"type": "websocket.send", "bytes": message}))
+        except Exception as exc:  # the socket is gone: the writer ends the connection
+            self._failure = exc
+            self._ready.set()
+            return
+        if self._in_flight is not None:
+            self._backlogged = True
+            self._ready.set()
+
     def close(self, code: int, reason: str) -> None:
         """Ask the writer to close the connection after what is already queued
         (overflow drops the queue: that client will resync anyway)."""
@@ -107,25 +138,95 @@ class WebSocketPeer:
                 self.overflowed.set()
             self._ready.set()
 
+    def abandon(self) -> None:
+        """Stop a write still in progress when the connection is over."""
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+
     async def run_writer(self) -> None:
+        """Finish writes that could not complete inline, drain the queue, close."""
         while True:
             await self._ready.wait()
             self._ready.clear()
+            if self._failure is not None:
+                raise self._failure
+            if self._in_flight is not None:
+                await self._in_flight
+                self._in_flight = None
             while self._queue:
                 message = self._queue.popleft()
                 self._queued_bytes -= len(message)
-                await self.websocket.send_bytes(message)
+                await self._asgi_send({"type": "websocket.send", "bytes": message})
+            self._backlogged = False
             if self._close is not None:
                 code, reason = self._close
                 await self.websocket.close(code, _short(reason))
                 return
 
 
+def start_eagerly(coroutine: Coroutine[Any, Any, None]) -> asyncio.Future[None] | None:
+    """Run ``coroutine`` now, up to its first real suspension (what Python 3.12's
+    eager tasks do). Returns None when it finished (raising what it raised),
+    else a task that carries it on from where it stopped."""
+    try:
+        pending = coroutine.send(None)
+    except StopIteration:
+        return None
+    task = asyncio.ensure_future(_carry_on(coroutine, pending))
+    task.add_done_callback(lambda _: _unwind(coroutine))
+    return task
+
+
+def _unwind(coroutine: Coroutine[Any, Any, None]) -> None:
+    """A task cancelled before its first step never reached the coroutine: cancel
+    it now so its cleanup runs."""
+    if inspect.getcoroutinestate(coroutine) == inspect.CORO_SUSPENDED:
+        try:
+            coroutine.throw(asyncio.CancelledError())
+        except BaseException:
+            pass  # it ended, as asked
+        else:
+            coroutine.close()
+
+
+async def _carry_on(coroutine: Coroutine[Any, Any, None], pending: Any) -> None:
+    await _resume(coroutine, pending)
+
+
+@types.coroutine
+def _resume(coroutine: Coroutine[Any, Any, None], pending: Any) -> Generator[Any, Any, None]:
+    # Hand the future the coroutine is waiting on to our task, then feed the
+    # task's answers (a result or a cancellation) back into the coroutine.
+    while True:
+        try:
+            answer = yield pending
+        except BaseException as exc:
+            try:
+                pending = coroutine.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                pending = coroutine.send(answer)
+            except StopIteration:
+                return
+
+
 async def run_peer(
-    websocket: WebSocket, room: Room, *, user: User, can_write: bool, limits: TransportLimits, label: str
+    websocket: WebSocket,
+    send: Send,
+    room: Room,
+    *,
+    user: User,
+    can_write: bool,
+    limits: TransportLimits,
+    label: str,
 ) -> None:
-    """Serve an accepted websocket as a peer of ``room`` until either side closes."""
-    peer = WebSocketPeer(websocket, limits, label)
+    """Serve an accepted websocket as a peer of ``room`` until either side closes.
+
+    ``send`` is the connection's ASGI send: messages go straight to it, not
+    through Starlette's per-message checks."""
+    peer = WebSocketPeer(websocket, send, limits, label)
     writer = asyncio.create_task(peer.run_writer(), name=f"writer:{label}")
     reader = asyncio.create_task(_read_frames(websocket, peer, room, user, can_write, limits), name=f"reader:{label}")
     overflow = asyncio.create_task(peer.overflowed.wait())
@@ -154,6 +255,7 @@ async def run_peer(
         await asyncio.gather(reader, writer, return_exceptions=True)
     finally:
         overflow.cancel()
+        peer.abandon()
         room.leave(peer)
 
 
