@@ -1,7 +1,8 @@
 """Keeps one room and its .ipynb file in step.
 
 Saves are debounced (``save_delay`` after the last change, at most
-``save_max_delay`` under constant change) and atomic. A file changed behind our
+``save_max_delay`` under constant change, ``busy_save_max_delay`` while the
+room's kernel runs code) and atomic. A file changed behind our
 back is merged three-way into the room (see ``notebook.merge_disk_changes``),
 with the *base* being the document as it last matched the file; the base and
 the file's hash live in the store, so a change made while the daemon was down
@@ -18,7 +19,7 @@ import time
 from pycrdt import Map
 
 from .files import FileStamp, InvalidNotebook, NotebookFiles, NotebookNotFound
-from .notebook import export_notebook, merge_disk_changes
+from .notebook import export_notebook, kernel_busy, merge_disk_changes
 from .room import Room
 from .store import Store
 
@@ -39,6 +40,7 @@ class FileSync:
         stamp: FileStamp,
         save_delay: float = 1.0,
         save_max_delay: float = 10.0,
+        busy_save_max_delay: float = 30.0,
         poll_interval: float = 1.0,
     ) -> None:
         self.room = room
@@ -48,6 +50,10 @@ class FileSync:
         self.stamp = stamp
         self.save_delay = save_delay
         self.save_max_delay = save_max_delay
+        # A running cell may stream output for hours: rewriting the whole growing
+        # notebook every few seconds would cost more than it gives, since every
+        # output is already durable in the room's log the moment it arrives.
+        self.busy_save_max_delay = busy_save_max_delay
         self.poll_interval = poll_interval
         self.error: str | None = None
         self._real = files.resolve(room.name)  # resolved once: later symlink swaps are not followed
@@ -105,7 +111,8 @@ class FileSync:
     def _save_due(self) -> float | None:
         if self._dirty_since is None:
             return None
-        return min(self._last_change + self.save_delay, self._dirty_since + self.save_max_delay)
+        max_delay = self.busy_save_max_delay if kernel_busy(self.room.doc) else self.save_max_delay
+        return min(self._last_change + self.save_delay, self._dirty_since + max_delay)
 
     async def _run(self) -> None:
         next_poll = time.monotonic() + self.poll_interval

@@ -21,13 +21,12 @@ from typing import Any
 from jupyter_client.manager import AsyncKernelManager
 from pycrdt import Map
 
+from .notebook import KERNEL_STATUS_KEY as STATUS_KEY
 from .outputs import OutputLimits, OutputWriter
 from .room import Room
 from .rooms import RoomManager
 
 logger = logging.getLogger("crdtnb.kernel")
-
-STATUS_KEY = "kernel_status"
 
 
 class KernelStatus(str, Enum):

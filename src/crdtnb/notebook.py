@@ -31,8 +31,10 @@ from nbformat.v4.nbbase import random_cell_id
 from pycrdt import Array, Doc, Map, Text
 
 __all__ = [
+    "KERNEL_STATUS_KEY",
     "apply_notebook_changes",
     "export_notebook",
+    "kernel_busy",
     "load_notebook",
     "merge_disk_changes",
     "new_cell_map",
@@ -52,6 +54,9 @@ _CHAR_DIFF_BUDGET = 4_000_000
 
 _MISSING = object()
 
+# crdtnb's entries in the document's "state" map (besides jupyter_ydoc's).
+KERNEL_STATUS_KEY = "kernel_status"  # "none" | "starting" | "idle" | "busy" | "dead"
+
 Cell = dict[str, Any]
 # An edit of a str: replace s[start:end] with `text`.
 Edit = tuple[int, int, str]
@@ -66,6 +71,11 @@ def _cells(doc: Doc) -> Array:
 
 def _meta(doc: Doc) -> Map:
     return doc.get("meta", type=Map)
+
+
+def kernel_busy(doc: Doc) -> bool:
+    """Whether the room's kernel is running code (as its agent last reported)."""
+    return doc.get("state", type=Map).get(KERNEL_STATUS_KEY) == "busy"
 
 
 # --------------------------------------------------------------------------- plain JSON

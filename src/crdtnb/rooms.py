@@ -25,6 +25,7 @@ class RoomSettings:
     idle_timeout: float = 60.0  # seconds a room with no holder stays loaded
     save_delay: float = 1.0
     save_max_delay: float = 10.0
+    busy_save_max_delay: float = 30.0  # while the room's kernel runs code (outputs are in the log)
     poll_interval: float = 1.0  # how often open files are checked for outside changes
 
 
@@ -122,6 +123,7 @@ class RoomManager:
             self.store,
             save_delay=s.save_delay,
             save_max_delay=s.save_max_delay,
+            busy_save_max_delay=s.busy_save_max_delay,
             poll_interval=s.poll_interval,
         )
         file_sync.start()
