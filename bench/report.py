@@ -243,8 +243,8 @@ def render(results: dict, plot_name: str = "fanout.png") -> str:
             L.append(
                 "Wall time of the cell from the execute request until a watching client sees it idle (crdtnb) and of "
                 "`NotebookClient.async_execute_cell` (nbclient), warm kernels, the two runs interleaved "
-                f"({len(c.get('lines', {}).get('reps', []))} each), daemon, nbclient and kernels not pinned (crdtnb's kernel is its "
-                "child and would share its core). Meanwhile another room of crdtnb (10 clients, one writer at 50/s) fans out "
+                f"({len(c.get('lines', {}).get('reps', []))} each). Placement: crdtnb's daemon on the server CPU like every server, its "
+                "kernel moved to the clients' CPU once started; nbclient and its kernel not pinned (both CPUs). Meanwhile another room of crdtnb (10 clients, one writer at 50/s) fans out "
                 f"(its p99 before the flood: {f(flood.get('other_room_quiet_p99_ms'))} ms)."
             )
             L.append("")

@@ -491,12 +491,20 @@ async def _run_cell(server: Server, doc: Doc, cell_id: str, timeout: float) -> f
     raise TimeoutError(f"cell {cell_id} did not finish in {timeout} s")
 
 
+def _move_children(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of every descendant of ``pid`` (the kernels) to ``cpus``."""
+    for child in psutil.Process(pid).children(recursive=True):
+        for thread in child.threads():
+            os.sched_setaffinity(thread.id, cpus)
+
+
 async def flood(cfg: Config) -> dict:
     """crdtnb runs the flood cells while another room fans out; nbclient runs the same cells."""
     cells = flood_cells(cfg.flood_lines, cfg.flood_steps)
     nb = flood_notebook(cells)
-    # Not pinned: the kernel is the daemon's child and would inherit the daemon's single core.
-    server = cfg.server("crdtnb", "flood", cpus=None)
+    # The daemon gets the server CPU like every server; its kernel is workload, like the
+    # clients, and moves to their CPU once started (it would otherwise inherit the daemon's).
+    server = cfg.server("crdtnb", "flood")
     server.prepare_rooms(["flood"], nb)
     server.prepare_rooms(["other"])
     server.start()
@@ -515,6 +523,8 @@ async def flood(cfg: Config) -> dict:
         await writer.peer.connect(server.url("other"))
         await writer.peer.wait_synced()
         await _run_cell(server, doc, "warm", 120)  # kernel start-up is not part of the timing
+        if cfg.server_cpus:
+            _move_children(server.proc.pid, os.sched_getaffinity(0))
         background = asyncio.create_task(drive(writer, cfg.flood_other_rate, 3600, stop))
         await asyncio.sleep(1.0)
         t = time.monotonic_ns()

@@ -28,8 +28,8 @@ BENCH = Path(__file__).resolve().parent
 NODE_DIR = BENCH / "node"
 YWS_SERVER = NODE_DIR / "node_modules" / "y-websocket" / "bin" / "server.js"
 
-ALL_KINDS = ("crdtnb", "crdtnb-mem", "pycrdt-websocket", "y-websocket")
-EXTRA_KINDS = ("uvicorn-floor",)  # a diagnostic reference, run only when asked for
+ALL_KINDS = ("crdtnb", "crdtnb-mem", "pycrdt-websocket", "y-websocket", "uvicorn-floor")
+EXTRA_KINDS: tuple[str, ...] = ()
 CRDTNB_KINDS = ("crdtnb", "crdtnb-mem")
 
 

@@ -17,6 +17,26 @@ def test_bench_quick_mode_produces_a_report(tmp_path: Path) -> None:
         pytest.importorskip(module, reason="pip install -e '.[bench]'")
     subprocess.run([sys.executable, str(BENCH), "--quick", "--out", str(tmp_path)], check=True, timeout=900)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results  # figures were written
+    skipped = set(results["skipped"])  # e.g. y-websocket without node
+    for section in ("fanout", "rooms", "large", "flood", "catchup"):
+        assert results.get(section), f"no {section} results"
+        for key, value in results[section].items():
+            assert "error" not in value, f"{section} {key}: {value['error']}"
+    # Every server took part in the fan-out, and every delivery of every point arrived.
+    kinds = {key.split("/")[0] for key in results["fanout"]}
+    assert {"crdtnb", "crdtnb-mem", "pycrdt-websocket", "uvicorn-floor"} <= kinds
+    assert "y-websocket" in kinds or "y-websocket" in skipped
+    for key, point in results["fanout"].items():
+        for rate, figures in point["rates"].items():
+            assert figures["deliveries_per_s"]["min"] > 0 and figures["lost"] == 0, (key, rate, figures)
+    assert all(run["consistent"] for run in _catchup_runs(results)), "a catch-up client diverged"
     assert (tmp_path / "report.md").read_text().startswith("# crdtnb benchmarks")
     assert (tmp_path / "fanout.png").stat().st_size > 0
+
+
+def _catchup_runs(results: dict) -> list[dict]:
+    runs = []
+    for value in results["catchup"].values():
+        runs += value["n"].values()
+    assert runs, "no catch-up points"
+    return runs
