@@ -3,8 +3,8 @@
 A bare ASGI app (no Starlette, no CRDT, no log, no per-peer queue or task): every ``0,2`` update
 a client sends is written to every other connection of its room with an awaited ``send``;
 a step1 is answered with an empty step2. Whatever a uvicorn-based server spends per delivery
-above this is its own; below this, no Python server on uvicorn can go. Not in the default run:
-``python bench/run.py --kinds crdtnb,uvicorn-floor --only fanout``.
+above this is its own; below this, no Python server on uvicorn can go. bench/run.py runs it in
+the fan-out only.
 
 Usage: python bench/serve_uvicorn_floor.py --port P
 """

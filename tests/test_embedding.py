@@ -17,11 +17,13 @@ from crdtnb.client import connect
 from .conftest import EXAMPLES, free_port, write_notebook
 
 
-def _uvicorn(app: str, app_dir: Path, env_root: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _uvicorn(
+    app: str, app_dir: Path, env_root: Path, log: Path, ws: str = "auto"
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**__import__("os").environ, "CRDTNB_EXAMPLE_ROOT": str(env_root)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir), "--port", str(port), "--host", "127.0.0.1"],
+        [sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir), "--port", str(port), "--host", "127.0.0.1", "--ws", ws],
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         env=env,
@@ -38,11 +40,15 @@ def _uvicorn(app: str, app_dir: Path, env_root: Path, log: Path) -> tuple[subpro
     raise RuntimeError(log.read_text())
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+# Each of uvicorn's websocket implementations: crdtnb writes through the ASGI send
+# itself, and each of them completes (or suspends) a send differently.
+@pytest.fixture(params=["websockets-sansio", "websockets", "wsproto"])
+def host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    if request.param == "wsproto":
+        pytest.importorskip("wsproto", reason="uvicorn's wsproto implementation needs wsproto")
     root = tmp_path / "notebooks"
     shutil.copytree(EXAMPLES, root, ignore=shutil.ignore_patterns("*.py", ".crdtnb"))
-    process, url = _uvicorn("embed_app:app", EXAMPLES, root, tmp_path / "host.log")
+    process, url = _uvicorn("embed_app:app", EXAMPLES, root, tmp_path / "host.log", ws=request.param)
     yield url, root
     process.terminate()
     process.wait(20)

@@ -78,53 +78,5 @@ async def lifespan(self, app=None):
 
 crdtnb.app.NotebookSync.lifespan = lifespan
 
-if os.environ.get("LOOPMON_BG_CHECKPOINT"):
-    # Trial of a proposed change: WAL checkpoints (which fsync) off the writer's commit path,
-    # run PASSIVE from their own connection and thread every LOOPMON_BG_CHECKPOINT seconds.
-    import sqlite3
-    import threading
-
-    import crdtnb.store  # noqa: E402
-
-    _connect = crdtnb.store._connect_writer
-    _period = float(os.environ["LOOPMON_BG_CHECKPOINT"])
-
-    def _checkpointer(path) -> None:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        while True:
-            time.sleep(_period)
-            try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error:
-                pass
-
-    def _connect_writer(path, synchronous):
-        conn = _connect(path, synchronous)
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
-        threading.Thread(target=_checkpointer, args=(path,), daemon=True).start()
-        return conn
-
-    crdtnb.store._connect_writer = _connect_writer
-
-if os.environ.get("LOOPMON_STAMP_CACHE"):
-    # Trial of a proposed change: the 1 s poll of every open file stats the path resolved when
-    # the room opened instead of resolving it (Path.resolve walks every component) each time.
-    import crdtnb.files  # noqa: E402
-
-    _resolved: dict = {}
-
-    def stamp(self, path):
-        real = _resolved.get(path)
-        if real is None:
-            real = _resolved[path] = self.resolve(path)
-        try:
-            st = os.stat(real)
-        except FileNotFoundError:
-            _resolved.pop(path, None)
-            return None
-        return crdtnb.files.FileStamp(st.st_mtime_ns, st.st_size, "")
-
-    crdtnb.files.NotebookFiles.stamp = stamp
-
 if __name__ == "__main__":
     sys.exit(main())
