@@ -103,10 +103,12 @@ class FileSync:
 
     def changed(self) -> None:
         now = time.monotonic()
+        self._last_change = now
         if self._dirty_since is None:
             self._dirty_since = now
-        self._last_change = now
-        self._wake.set()
+            self._wake.set()  # a save is now due, perhaps before the next poll
+        # Later changes only push the deadline back: the sleeping task finds that
+        # out when it wakes, so a busy room costs no wake-up per change.
 
     def _save_due(self) -> float | None:
         if self._dirty_since is None:
@@ -115,16 +117,18 @@ class FileSync:
         return min(self._last_change + self.save_delay, self._dirty_since + max_delay)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         next_poll = time.monotonic() + self.poll_interval
         while True:
             due = self._save_due()
             wake_at = next_poll if due is None else min(due, next_poll)
             self._wake.clear()
+            # A timer rather than wait_for: thousands of open rooms each wake every second.
+            timer = loop.call_later(max(0.0, wake_at - time.monotonic()), self._wake.set)
             try:
-                await asyncio.wait_for(self._wake.wait(), max(0.0, wake_at - time.monotonic()))
-                continue  # a change moved the deadline: recompute it
-            except asyncio.TimeoutError:
-                pass
+                await self._wake.wait()
+            finally:
+                timer.cancel()
             now = time.monotonic()
             try:
                 if now >= next_poll:
