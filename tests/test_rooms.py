@@ -1,0 +1,76 @@
+"""The room manager's compaction trigger (in process: real SQLite store, real files)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from pycrdt import Array, Map, Text
+
+from crdtnb.files import NotebookFiles
+from crdtnb.room import Room
+from crdtnb.rooms import RoomManager, RoomSettings
+from crdtnb.store import SQLiteStore
+
+from .conftest import write_notebook
+
+THRESHOLD = 10  # log rows before a room is due for compaction
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    write_notebook(tmp_path / "root" / "nb.ipynb", ["start"])
+    async with SQLiteStore(tmp_path / "state.sqlite3", compact_threshold_rows=THRESHOLD) as store:
+        yield store
+
+
+async def _edit(room: Room, times: int) -> None:
+    cell = room.doc.get("cells", type=Array)[0]
+    assert isinstance(cell, Map)
+    source = cell["source"]
+    assert isinstance(source, Text)
+    for _ in range(times):
+        source.insert(len(source), ".")
+        await room.flushed()
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+
+
+async def test_a_long_log_is_compacted(tmp_path: Path, store: SQLiteStore) -> None:
+    rooms = RoomManager(NotebookFiles(tmp_path / "root"), store, RoomSettings(compact_min_interval=0))
+    async with rooms.hold("nb.ipynb") as room:
+        await _edit(room, 3 * THRESHOLD)
+        await _until(lambda: not store.needs_compaction("nb.ipynb"))
+        assert len(await store.load("nb.ipynb")) < THRESHOLD
+    await rooms.close()
+    # The compacted log still holds the whole document.
+    reopened = RoomManager(NotebookFiles(tmp_path / "root"), store)
+    async with reopened.hold("nb.ipynb") as room:
+        assert str(room.doc.get("cells", type=Array)[0]["source"]) == "start" + "." * 3 * THRESHOLD
+    await reopened.close()
+
+
+async def test_a_busy_room_is_compacted_at_most_once_per_interval(tmp_path: Path, store: SQLiteStore) -> None:
+    interval = 2.0
+    rooms = RoomManager(NotebookFiles(tmp_path / "root"), store, RoomSettings(compact_min_interval=interval))
+    async with rooms.hold("nb.ipynb") as room:
+        await _edit(room, THRESHOLD + 1)  # the first compaction runs at once
+        await _until(lambda: not store.needs_compaction("nb.ipynb"))
+        started = time.monotonic()
+        await _edit(room, 3 * THRESHOLD)  # due again, but within the interval
+        await asyncio.sleep(0.2)
+        assert time.monotonic() - started < interval, "too slow a machine for this test's timing"
+        assert store.needs_compaction("nb.ipynb")
+        assert len(await store.load("nb.ipynb")) >= 3 * THRESHOLD
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        await _edit(room, 1)  # the next change after the interval compacts
+        await _until(lambda: not store.needs_compaction("nb.ipynb"))
+    await rooms.close()
