@@ -49,7 +49,7 @@ async def test_a_long_log_is_compacted(tmp_path: Path, store: SQLiteStore) -> No
     async with rooms.hold("nb.ipynb") as room:
         await _edit(room, 3 * THRESHOLD)
         await _until(lambda: not store.needs_compaction("nb.ipynb"))
-        assert len(await store.load("nb.ipynb")) < THRESHOLD
+        assert len(await store.load("nb.ipynb")) <= THRESHOLD  # a snapshot and fewer than THRESHOLD rows
     await rooms.close()
     # The compacted log still holds the whole document.
     reopened = RoomManager(NotebookFiles(tmp_path / "root"), store)
