@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import nbformat
 import pytest
 
 from crdtnb.client import NotebookClient, connect
+from crdtnb.protocol import encode_sync_step1
 
 TOKEN = "test-token-not-secret"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -104,6 +106,28 @@ class Daemon:
     async def connect(self, path: str, **kwargs: Any) -> NotebookClient:
         kwargs.setdefault("token", self.token)
         return await connect(self.url, path, **kwargs)
+
+    def open_raw_websocket(self, path: str) -> socket.socket:
+        """A websocket client on a plain socket that completes the handshake and asks
+        for a sync, then reads only when the test does. A small fixed receive buffer
+        keeps the kernel from absorbing megabytes on its behalf."""
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32_768)
+        sock.sendall(
+            (
+                f"GET /api/sync/{path}?token={self.token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
+            ).encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        frame = encode_sync_step1(b"\x00")
+        mask = os.urandom(4)
+        sock.sendall(bytes([0x82, 0x80 | len(frame)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(frame)))
+        return sock
 
     def get(self, route: str, **kwargs: Any) -> httpx.Response:
         return httpx.get(f"{self.url}{route}", params={"token": self.token}, timeout=10, **kwargs)

@@ -4,9 +4,7 @@ reason; the room, the other clients and the files carry on untouched."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
-import socket
 from pathlib import Path
 
 import httpx
@@ -16,7 +14,7 @@ from pycrdt import Doc, Text
 from websockets.asyncio.client import connect as ws_connect
 
 from crdtnb.client import NotebookClient, sync_url
-from crdtnb.protocol import encode_sync_step1, encode_update
+from crdtnb.protocol import encode_update
 
 from .conftest import Daemon, write_notebook
 
@@ -155,22 +153,7 @@ async def test_client_that_stops_reading_is_disconnected_others_unaffected(daemo
     daemon = daemon_factory("--max-send-queue-bytes", "8000000")
     writer = await daemon.connect("nb.ipynb")
     reader = await daemon.connect("nb.ipynb")
-    # A raw websocket client on a plain socket: it completes the handshake, asks
-    # for a sync, then never reads again. A small fixed receive buffer keeps the
-    # kernel from absorbing megabytes on its behalf.
-    stalled = socket.create_connection(("127.0.0.1", daemon.port))
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32_768)
-    stalled.sendall(
-        (
-            f"GET /api/sync/nb.ipynb?token={daemon.token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
-        ).encode()
-    )
-    assert b"101" in stalled.recv(12)
-    frame = encode_sync_step1(b"\x00")
-    mask = os.urandom(4)
-    stalled.sendall(bytes([0x82, 0x80 | len(frame)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(frame)))
+    stalled = daemon.open_raw_websocket("nb.ipynb")  # and it never reads
     cell = writer.cell_ids()[0]
     chunk = "x" * 100_000
     source = reader.cell(cell)["source"]

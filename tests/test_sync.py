@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import nbformat
-import pytest
 from pycrdt import Doc
 
 from crdtnb.client import connect

@@ -4,15 +4,13 @@ and the helper that runs a coroutine eagerly."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import re
 import socket
 
 import pytest
 from pycrdt import Array, Doc
 
-from crdtnb.protocol import SyncStep2, SyncUpdate, encode_sync_step1, parse_message
+from crdtnb.protocol import SyncStep2, SyncUpdate, parse_message
 from crdtnb.transport import start_eagerly
 
 from .conftest import Daemon
@@ -83,28 +81,6 @@ async def test_cancelling_the_task_cancels_the_suspended_coroutine(steps_before_
 # -- a client that reads slowly, then catches up -----------------------------------
 
 
-def _open_raw(daemon: Daemon, path: str) -> socket.socket:
-    """A websocket client on a plain socket with a small receive buffer, so the
-    server's writes back up as soon as it stops reading."""
-    sock = socket.create_connection(("127.0.0.1", daemon.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32_768)
-    sock.sendall(
-        (
-            f"GET /api/sync/{path}?token={daemon.token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    frame = encode_sync_step1(b"\x00")
-    mask = os.urandom(4)
-    sock.sendall(bytes([0x82, 0x80 | len(frame)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(frame)))
-    return sock
-
-
 def _read_exactly(sock: socket.socket, n: int) -> bytes:
     data = bytearray()
     while len(data) < n:
@@ -128,7 +104,7 @@ def _read_frame(sock: socket.socket) -> tuple[int, bytes]:
 async def test_a_client_that_falls_behind_then_reads_gets_everything_in_order(daemon: Daemon) -> None:
     writer = await daemon.connect("nb.ipynb")
     reader = await daemon.connect("nb.ipynb")
-    slow = _open_raw(daemon, "nb.ipynb")
+    slow = daemon.open_raw_websocket("nb.ipynb")
     cell = writer.cell_ids()[0]
     source = reader.cell(cell)["source"]
     chunk = "y" * 100_000
