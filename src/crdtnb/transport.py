@@ -140,8 +140,11 @@ class WebSocketPeer:
 
     def abandon(self) -> None:
         """Stop a write still in progress when the connection is over."""
-        if self._in_flight is not None:
-            self._in_flight.cancel()
+        task = self._in_flight
+        if task is not None:
+            if task.done() and not task.cancelled():
+                task.exception()  # the socket failed; already handled, not worth a log line
+            task.cancel()
 
     async def run_writer(self) -> None:
         """Finish writes that could not complete inline, drain the queue, close."""
