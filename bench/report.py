@@ -39,6 +39,11 @@ def med(summary: dict | None):
     return summary.get("median") if summary else None
 
 
+def error_row(kind: str, error: str, columns: int) -> list[str]:
+    """A table row saying a server's scenario failed, padded to the table's width."""
+    return [kind, f"error: {error[:80]}"] + [""] * (columns - 2)
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -203,7 +208,7 @@ def render(results: dict, plot_name: str = "fanout.png") -> str:
         rr = []
         for kind, r in rooms.items():
             if "error" in r:
-                rr.append([kind, f"error: {r['error'][:80]}"] + [""] * 7)
+                rr.append(error_row(kind, r["error"], 9))
                 continue
             rr.append([kind, f(r["rooms"]), f(r["connections"]), f(r["rss_baseline_mb"], 0), f(r["rss_rooms_all_clients_mb"], 0),
                        f(r["kb_per_room"], 1), f(r["kb_per_connection"], 1), f(r["open_rooms_per_s"], 0), f(r["idle_cpu_util"])])
@@ -224,7 +229,7 @@ def render(results: dict, plot_name: str = "fanout.png") -> str:
         lr = []
         for kind, r in large.items():
             if "error" in r:
-                lr.append([kind, f"error: {r['error'][:80]}", "", "", "", "", ""])
+                lr.append(error_row(kind, r["error"], 7))
                 continue
             lr.append([kind, s(r.get("warm_synced_ms"), 1), s(r.get("warm_applied_ms"), 1), s(r.get("cold_from_file_ms"), 0),
                        s(r.get("cold_from_store_ms"), 0), f((r.get("step2_bytes") or 0) / 2**20), f(r.get("peak_rss_mb"), 0)])
@@ -267,7 +272,7 @@ def render(results: dict, plot_name: str = "fanout.png") -> str:
         cr = []
         for kind, r in cu.items():
             if "error" in r:
-                cr.append([kind, f"error: {r['error'][:80]}", "", "", "", ""])
+                cr.append(error_row(kind, r["error"], 6))
                 continue
             for n, d in r["n"].items():
                 cr.append([kind, n, s(d["catchup_ms"]), s(d["step2_bytes"], 0), s(d["ingest_updates_per_s"], 0), f(d["consistent"])])
