@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pycrdt import Array, ArrayEvent, Doc, Map, MapEvent
 
-from .notebook import canonical_cell, canonical_meta, dedupe_cells
+from .notebook import CELL_ID, canonical_cell, canonical_meta, dedupe_cells
 
 CELLS = "cells"
 META = "meta"
@@ -92,6 +93,7 @@ CellsListener = Callable[[list[Any], Any], None]
 class _Lookup:
     by_id: dict[str, CellEntry] = field(default_factory=dict)  # first occurrence of each id
     positions: dict[int, int] = field(default_factory=dict)  # id(entry) -> index
+    clean: bool = True  # every cell a Map with a valid id of its own: exports need no dedupe
 
 
 class CellIndex:
@@ -185,10 +187,14 @@ class CellIndex:
     def _lookups(self) -> _Lookup:
         if self._lookup is None:
             lookup = _Lookup()
+            by_id, positions = lookup.by_id, lookup.positions
             for position, entry in enumerate(self._entries):
-                lookup.positions[id(entry)] = position
-                if entry.cell_id is not None:
-                    lookup.by_id.setdefault(entry.cell_id, entry)
+                positions[id(entry)] = position
+                cell_id = entry.cell_id
+                if cell_id is None or cell_id in by_id or entry.ymap is None or not CELL_ID.match(cell_id):
+                    lookup.clean = False
+                if cell_id is not None:
+                    by_id.setdefault(cell_id, entry)
             self._lookup = lookup
         return self._lookup
 
@@ -232,31 +238,39 @@ class CellIndex:
         """The document as an nbformat v4 dict (see notebook.export_notebook for the rules).
 
         Cells come from the cache: treat the result as read-only."""
-        cells = dedupe_cells([entry.export() for entry in self._entries if entry.ymap is not None], copy=True)
+        cells = [entry.export() for entry in self._entries if entry.ymap is not None]
+        if not self._lookups().clean:
+            cells = dedupe_cells(cells, copy=True)
         return {"cells": cells, **self._meta()}
 
     def export_json(self) -> bytes:
         """``export()`` as compact JSON, assembled from per-cell texts."""
         entries = [entry for entry in self._entries if entry.ymap is not None]
-        exported = [entry.export() for entry in entries]
-        deduped = dedupe_cells(exported, copy=True)
-        texts = [
-            entry.json_text() if cell is original else _compact(cell)
-            for entry, cell, original in zip(entries, deduped, exported)
-        ] if len(deduped) == len(exported) else [_compact(cell) for cell in deduped]
+        if self._lookups().clean:
+            texts = [entry.json_text() for entry in entries]
+        else:
+            exported = [entry.export() for entry in entries]
+            deduped = dedupe_cells(exported, copy=True)
+            if len(deduped) == len(exported):
+                texts = [
+                    entry.json_text() if cell is original else _compact(cell)
+                    for entry, cell, original in zip(entries, deduped, exported)
+                ]
+            else:
+                texts = [_compact(cell) for cell in deduped]
         meta = _compact(self._meta())
         return ('{"cells":[' + ",".join(texts) + "]," + meta[1:]).encode("utf-8")
 
-    async def warm(self, chunk: int = 200) -> None:
-        """Compute the exports of changed cells in slices, yielding to the event loop
-        between them, so that a following export() costs little."""
-        pending = [entry for entry in self._entries if entry.exported is None]
-        for start in range(0, len(pending), chunk):
-            for entry in pending[start : start + chunk]:
-                if entry.exported is None:
-                    entry.export()
-                    entry.json_text()
-            await asyncio.sleep(0)
+    async def warm(self, slice_seconds: float = 0.002) -> None:
+        """Compute the exports of changed cells in slices of a few milliseconds, yielding
+        to the event loop between them, so that a following export() costs little."""
+        pending = [entry for entry in self._entries if entry.exported is None or entry.text is None]
+        deadline = time.perf_counter() + slice_seconds
+        for entry in pending:
+            entry.json_text()
+            if time.perf_counter() > deadline:
+                await asyncio.sleep(0)
+                deadline = time.perf_counter() + slice_seconds
 
     def _meta(self) -> dict[str, Any]:
         if self._meta_export is None:
