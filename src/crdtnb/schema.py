@@ -72,7 +72,7 @@ class CellEntry:
         return self.exported
 
     def json_text(self) -> str:
-        if self.text is None:
+        if self.text is None or self.exported is None:
             self.text = _compact(self.export())
         return self.text
 
@@ -141,7 +141,7 @@ class CellIndex:
             if not isinstance(position, int) or position >= len(entries):
                 continue
             entry = entries[position]
-            entry.exported = None
+            entry.exported = entry.text = None
             if len(path) == 1 and isinstance(event, MapEvent) and "id" in event.keys:
                 entry.cell_id = _read_id(entry.ymap)
                 self._lookup = None
@@ -179,7 +179,7 @@ class CellIndex:
         """Re-read one entry (after the server replaced its id)."""
         entry = self._entries[position]
         entry.cell_id = _read_id(entry.ymap)
-        entry.exported = None
+        entry.exported = entry.text = None
         self._lookup = None
 
     # -- lookups -------------------------------------------------------------------------
