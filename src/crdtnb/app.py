@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router, WebSocketRoute
@@ -27,6 +28,7 @@ from starlette.websockets import WebSocket
 
 from .accounts import AccountAuth
 from .auth import Action, Authenticate, Authorize, User, allow_all, call_hook
+from .bodies import capped
 from .fanout import Fanout
 from .files import InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
 from .notebook import export_notebook
@@ -64,6 +66,8 @@ def _api(action: Action) -> Callable[[Handler], Callable[["NotebookSync", Reques
                 return checked
             try:
                 return await handler(self, request, path)
+            except HTTPException:
+                raise  # e.g. the body limit's 413: Starlette answers it
             except Exception as exc:
                 return _file_error(exc)
 
@@ -119,7 +123,7 @@ class NotebookSync:
         login: list[BaseRoute] = []
         if self.accounts is not None:
             login = login_routes(self.accounts.users, self.accounts.signer, self.login_limiter, self.origin_allowed)
-        return login + [
+        return capped(login + [
             Route("/api/session", self.session, methods=["GET"]),
             WebSocketRoute("/api/sync/{path:path}", _RawASGI(self.sync_endpoint)),
             Route("/api/health", self.health, methods=["GET"]),
@@ -133,7 +137,7 @@ class NotebookSync:
             Route("/api/notebooks/{path:path}", self.get_notebook, methods=["GET"]),
             Route("/api/notebooks/{path:path}", self.create_notebook, methods=["POST"]),
             *page_routes(),
-        ]
+        ])
 
     @asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
