@@ -6,7 +6,6 @@ import argparse
 import getpass
 import logging
 import os
-import re
 import secrets
 import signal
 import sys
@@ -113,20 +112,6 @@ def _users(args: argparse.Namespace) -> int:
     return 0
 
 
-_TOKEN_IN_URL = re.compile(r"((?:^|[?&])token=)[^&\s\"]*")
-
-
-class RedactTokens(logging.Filter):
-    """Keep ?token=… out of uvicorn's access and websocket logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN_IN_URL.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg for arg in record.args
-            )
-        return True
-
-
 def _serve(args: argparse.Namespace) -> int:
     # Imported here so that `crdtnb users …` starts fast.
     import uvicorn
@@ -135,6 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .kernel import AgentSettings
     from .outputs import OutputLimits
     from .rooms import RoomSettings
+    from .server import redact_uvicorn_logs
     from .transport import TransportLimits
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -184,8 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     server = uvicorn.Server(config)
     config.load()  # configures uvicorn's loggers; the filter goes on after that
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(RedactTokens())
+    redact_uvicorn_logs()
     server.run()
     return 0 if server.started else 1
 
