@@ -4,6 +4,8 @@ without credentials gets out of a huge upload."""
 
 from __future__ import annotations
 
+import base64
+import os
 import select
 import shutil
 import socket
@@ -134,3 +136,23 @@ def test_body_limits_hold_when_crdtnb_is_embedded(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_sync_socket_does_not_negotiate_per_message_compression(served: Daemon) -> None:
+    """Compressing every relayed update once per peer costs the daemon a core:
+    a client that offers permessage-deflate gets a plain websocket."""
+    sock = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+    try:
+        sock.sendall(
+            (
+                f"GET /api/sync/nb.ipynb?token={served.token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+            ).encode()
+        )
+        head = read_response_head(sock)
+    finally:
+        sock.close()
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert b"sec-websocket-extensions" not in head.lower(), head
