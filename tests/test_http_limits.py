@@ -4,20 +4,26 @@ without credentials gets out of a huge upload."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import resource
 import select
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from crdtnb.users import Role, UserStore
 
-from .conftest import EXAMPLES, Daemon
+from .conftest import EXAMPLES, Daemon, free_port
 from .test_embedding import _uvicorn
 
 PASSWORD = "correct horse battery"
@@ -156,3 +162,177 @@ def test_sync_socket_does_not_negotiate_per_message_compression(served: Daemon) 
         sock.close()
     assert head.startswith(b"HTTP/1.1 101"), head
     assert b"sec-websocket-extensions" not in head.lower(), head
+
+
+# -- slow and idle connections --------------------------------------------------------
+
+
+def partial_request(port: int) -> socket.socket:
+    """A connection that starts a request and never finishes its headers."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    return sock
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """Whether the server closes ``sock`` within ``timeout`` (anything it sends is skipped)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if not sock.recv(4096):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        pass
+    return False
+
+
+def request_status(url: str) -> int:
+    """The status of a GET on a fresh connection; an empty reply or a reset fails the test."""
+    with httpx.Client(timeout=10) as client:
+        return client.get(url).status_code
+
+
+def test_connections_without_complete_headers_are_closed_after_the_header_timeout(daemon_factory: Any) -> None:
+    daemon = daemon_factory("--header-timeout", "1")
+    silent = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+    partial = partial_request(daemon.port)
+    # A keep-alive connection whose second request never completes.
+    second = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+    second.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert _status(read_response_head(second)) == 200
+    second.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    # Trickling a byte at a time does not extend the deadline.
+    trickle = partial_request(daemon.port)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            trickle.sendall(b"x")
+        except OSError:
+            break
+        if closed_by_server(trickle, 0.2):
+            break
+    else:
+        pytest.fail("a connection trickling its headers was never closed")
+    for sock in (silent, partial, second):
+        assert closed_by_server(sock, 15)
+        sock.close()
+    trickle.close()
+    assert request_status(f"{daemon.url}/api/health") == 200
+
+
+async def test_over_the_connection_limit_new_connections_get_503_until_some_go(daemon_factory: Any) -> None:
+    daemon = daemon_factory("--max-connections", "8", "--header-timeout", "120")
+    clients = [await daemon.connect("nb.ipynb") for _ in range(4)]  # websockets count too
+    slow = [partial_request(daemon.port) for _ in range(4)]
+    # Once the server has taken them all, a new connection is refused with a clear answer.
+    deadline = time.monotonic() + 15
+    while request_status(f"{daemon.url}/api/health") != 503:
+        assert time.monotonic() < deadline, "the limit was never reached"
+        await asyncio.sleep(0.05)
+    refused = httpx.get(f"{daemon.url}/api/health", timeout=10)
+    assert refused.status_code == 503 and "connections" in refused.text
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await daemon.connect("nb.ipynb")
+    assert info.value.response.status_code == 503
+    # The connections already open keep working.
+    clients[0].insert_text(clients[0].cell_ids()[0], 0, "still here ")
+    await clients[1].wait_for(lambda _: clients[1].source(clients[1].cell_ids()[0]).startswith("still here "))
+    for sock in slow:
+        sock.close()
+    deadline = time.monotonic() + 15
+    while request_status(f"{daemon.url}/api/health") != 200:
+        assert time.monotonic() < deadline, "requests were still refused after connections closed"
+        await asyncio.sleep(0.05)
+    late = await daemon.connect("nb.ipynb")
+    assert late.source(late.cell_ids()[0]).startswith("still here ")
+    for client in (*clients, late):
+        await client.close()
+
+
+def _low_fd_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+
+async def test_a_daemon_with_few_file_descriptors_survives_300_slow_connections(daemon_factory: Any) -> None:
+    daemon = daemon_factory("--header-timeout", "3", preexec_fn=_low_fd_limit)
+    slow: list[socket.socket] = []
+    for _ in range(300):
+        try:
+            slow.append(partial_request(daemon.port))
+        except OSError:
+            pass  # refused or reset at once: fine, as long as the daemon stays healthy
+    try:
+        # Under attack a request gets an answer: served, or refused with 503. Never an empty reply.
+        for _ in range(5):
+            assert request_status(f"{daemon.url}/api/health") in (200, 503)
+        for sock in slow:
+            assert closed_by_server(sock, 30)
+    finally:
+        for sock in slow:
+            sock.close()
+    assert request_status(f"{daemon.url}/api/health") == 200
+    client = await daemon.connect("nb.ipynb")
+    client.insert_text(client.cell_ids()[0], 0, "after the storm ")
+    await client.roundtrip()
+    await client.close()
+    assert daemon.notebook("nb.ipynb")["cells"][0]["source"].startswith("after the storm ")
+    assert daemon.process is not None and daemon.process.poll() is None
+    assert "Too many open files" not in daemon.log()
+
+
+GUARDED_APP = """
+import sys
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from crdtnb.server import ConnectionLimits, guarded_http_protocol
+
+
+async def hello(request):
+    return PlainTextResponse("hello")
+
+
+limits = ConnectionLimits(header_timeout=1, max_connections=3)
+uvicorn.run(
+    Starlette(routes=[Route("/", hello)]),
+    host="127.0.0.1",
+    port=int(sys.argv[1]),
+    http=guarded_http_protocol(limits, sys.argv[2]),
+)
+"""
+
+
+@pytest.mark.parametrize("implementation", ["httptools", "h11"])
+def test_both_uvicorn_http_implementations_are_guarded(implementation: str, tmp_path: Path) -> None:
+    script = tmp_path / "guarded_app.py"
+    script.write_text(GUARDED_APP)
+    port = free_port()
+    log = tmp_path / "guarded.log"
+    process = subprocess.Popen([sys.executable, str(script), str(port), implementation], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                if request_status(url) == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        slow = [partial_request(port) for _ in range(3)]
+        deadline = time.monotonic() + 15
+        while request_status(url) != 503:
+            assert time.monotonic() < deadline, "the limit was never reached"
+        for sock in slow:
+            assert closed_by_server(sock, 15)
+            sock.close()
+        assert request_status(url) == 200
+    finally:
+        process.terminate()
+        process.wait(20)

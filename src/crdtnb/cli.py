@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--compact-after", type=int, default=1000, help="updates in a room's log before it is compacted into one snapshot")
     serve.add_argument("--max-stream-bytes", type=int, default=2**20, help="cap of one stream output (beginning and latest output kept)")
     serve.add_argument("--max-output-bytes", type=int, default=8 * 2**20, help="cap of any other single output (replaced by a note)")
+    serve.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send complete request headers before its connection is closed")
+    serve.add_argument("--max-connections", type=int, default=None, help="open connections (HTTP and websocket) before new ones get 503 (default: from the file-descriptor limit)")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--allow-origin", action="append", default=[], help="another origin whose pages may connect (repeatable)")
     _add_user_commands(commands)
@@ -120,7 +122,13 @@ def _serve(args: argparse.Namespace) -> int:
     from .kernel import AgentSettings
     from .outputs import OutputLimits
     from .rooms import RoomSettings
-    from .server import redact_uvicorn_logs
+    from .server import (
+        ConnectionLimits,
+        default_max_connections,
+        guarded_http_protocol,
+        raise_fd_limit,
+        redact_uvicorn_logs,
+    )
     from .transport import TransportLimits
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -148,11 +156,20 @@ def _serve(args: argparse.Namespace) -> int:
         ),
     )
     sync: NotebookSync = app.state.sync
+    fd_limit = raise_fd_limit()
+    max_connections = args.max_connections or default_max_connections(fd_limit)
+    if max_connections > fd_limit - 64:
+        logging.getLogger("crdtnb").warning(
+            "--max-connections %d leaves under 64 of %d file descriptors for files and kernels", max_connections, fd_limit
+        )
+    connection_limits = ConnectionLimits(header_timeout=args.header_timeout, max_connections=max_connections)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"crdtnb serving {sync.files.root} (state in {sync.state_dir})", flush=True)
+    print(f"accepting up to {max_connections} connections ({fd_limit} file descriptors)", flush=True)
     print(f"open http://{host}:{args.port}/?token={token}", flush=True)
     config = uvicorn.Config(
         app,
+        http=guarded_http_protocol(connection_limits),
         host=args.host,
         port=args.port,
         log_level=args.log_level.lower(),
