@@ -58,18 +58,18 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     add.add_argument("--role", required=True, choices=[r.label for r in Role])
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     place(actions.add_parser("list", help="users, their roles and path roles"))
-    remove = place(actions.add_parser("remove", help="delete a user, their tokens and path roles"))
+    remove = place(actions.add_parser("remove", help="delete a user, their tokens, sessions and path roles"))
     remove.add_argument("name")
     role = place(actions.add_parser("role", help="set a user's global role, or their role on paths matching a pattern"))
     role.add_argument("name")
     role.add_argument("role", choices=[r.label for r in Role])
     role.add_argument("--path", default=None, help="glob pattern of notebook paths, e.g. 'team/*.ipynb'")
-    passwd = place(actions.add_parser("passwd", help="change a password"))
+    passwd = place(actions.add_parser("passwd", help="change a password (ends the user's sessions)"))
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true")
     token = place(actions.add_parser("token", help="print a new API token for a user (last line)"))
     token.add_argument("name")
-    revoke = place(actions.add_parser("revoke-tokens", help="revoke every API token of a user"))
+    revoke = place(actions.add_parser("revoke-tokens", help="revoke every API token of a user and end their sessions"))
     revoke.add_argument("name")
 
 
@@ -107,7 +107,8 @@ def _users(args: argparse.Namespace) -> int:
             print(f"API token for {args.name} (shown once; send it as 'Authorization: token …'):")
             print(token)
         elif args.action == "revoke-tokens":
-            print(f"revoked {store.revoke_tokens(args.name)} token(s) of {args.name}")
+            tokens, sessions = store.revoke_tokens(args.name)
+            print(f"revoked {tokens} token(s) and ended {sessions} session(s) of {args.name}")
     except UserError as exc:
         print(f"crdtnb: {exc}", file=sys.stderr)
         return 1

@@ -98,6 +98,7 @@ def login_routes(
             return _page(request, name=name, next_url=next_url, error="Wrong user name or password.", status=401)
         limiter.succeeded(*keys)
         cookie, session = signer.issue(account.name)
+        await asyncio.to_thread(users.add_session, session.id, session.user, session.expires)
         response: Response
         if _wants_json(request):
             response = JSONResponse({"user": account.name, "csrf": session.csrf})
@@ -116,10 +117,14 @@ def login_routes(
 
     async def logout(request: Request) -> Response:
         session = signer.read(request.cookies.get(COOKIE_NAME))
-        if session is not None and request.headers.get("x-csrf-token") != session.csrf:
-            fields = await _fields(request)
-            if fields.get("csrf") != session.csrf:
-                return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
+        if session is not None:
+            if request.headers.get("x-csrf-token") != session.csrf:
+                fields = await _fields(request)
+                if fields.get("csrf") != session.csrf:
+                    return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
+            # The session ends on the server too: the cookie is worth nothing from now on,
+            # and websockets opened with it are closed (NotebookSync watches users.sqlite3).
+            await asyncio.to_thread(users.end_session, session.id)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE_NAME, path="/")
         return response
