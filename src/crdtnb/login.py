@@ -88,9 +88,9 @@ def login_routes(
         keys = (f"user:{name}", f"ip:{client}")
         wait = limiter.blocked(*keys)
         if wait > 0:
-            response = _page(request, name=name, next_url=next_url, error="Too many failed attempts: try again later.", status=429)
-            response.headers["Retry-After"] = str(int(wait) + 1)
-            return response
+            blocked = _page(request, name=name, next_url=next_url, error="Too many failed attempts: try again later.", status=429)
+            blocked.headers["Retry-After"] = str(int(wait) + 1)
+            return blocked
         # argon2 is deliberately slow: keep it off the event loop.
         account = await asyncio.to_thread(users.verify_password, name, password)
         if account is None:

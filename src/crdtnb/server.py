@@ -10,16 +10,13 @@ import re
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Literal, cast
 from urllib.parse import unquote_plus
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # pragma: no cover - httptools comes with uvicorn[standard]
-    HttpToolsProtocol = None  # type: ignore[assignment, misc]
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # uvicorn[standard] brings httptools
 
 logger = logging.getLogger("crdtnb.server")
 
@@ -111,31 +108,45 @@ class _Guard:
     """What the guarded protocols share: admission and the header deadline."""
 
     limits: ClassVar[ConnectionLimits]
-    _refused = 0
+    _refused_since_warning = 0
     _last_warning = 0.0
 
     server_state: Any
     transport: asyncio.Transport
-    _header_timer: asyncio.TimerHandle | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        if self._admit(transport):
+            super().connection_made(transport)  # type: ignore[misc]
+            self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _admit(self, transport: asyncio.Transport) -> bool:
         """Hand ``transport`` to a 503 refusal when too many connections are open
         (HTTP and websocket alike: uvicorn counts both in server_state)."""
-        if len(self.server_state.connections) < self.limits.max_connections:
+        open_connections = len(self.server_state.connections)
+        if open_connections < self.limits.max_connections:
             return True
         refusal = _Refusal()
         transport.set_protocol(refusal)
         refusal.connection_made(transport)
-        _Guard._refused += 1
+        _Guard._refused_since_warning += 1
         now = time.monotonic()
         if now - _Guard._last_warning > WARNING_INTERVAL:
             logger.warning(
-                "%d open connections (--max-connections): refused %d new one(s) with 503",
-                len(self.server_state.connections),
-                _Guard._refused,
+                "%d connections open (the limit, --max-connections): %d new one(s) refused with 503 since the last warning",
+                open_connections,
+                _Guard._refused_since_warning,
             )
             _Guard._last_warning = now
-            _Guard._refused = 0
+            _Guard._refused_since_warning = 0
         return False
 
     def _arm_header_deadline(self) -> None:
@@ -156,59 +167,32 @@ class _Guard:
             self.transport.close()
 
 
+class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
+    def on_message_begin(self) -> None:
+        self._arm_header_deadline()  # also for a next request on a kept-alive connection
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_deadline()
+        super().on_headers_complete()
+
+
 class GuardedH11Protocol(_Guard, H11Protocol):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._header_timer = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if self._admit(transport):
-            super().connection_made(transport)
-            self._arm_header_deadline()
-
     def data_received(self, data: bytes) -> None:
         if self.conn.their_state is h11.IDLE:
-            self._arm_header_deadline()  # the first bytes of a next request on a kept-alive connection
+            self._arm_header_deadline()  # also for a next request on a kept-alive connection
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._disarm_header_deadline()  # h11 has the complete request head
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_deadline()
-        super().connection_lost(exc)
 
-
-if HttpToolsProtocol is not None:
-
-    class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._header_timer = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            if self._admit(transport):
-                super().connection_made(transport)
-                self._arm_header_deadline()
-
-        def on_message_begin(self) -> None:
-            self._arm_header_deadline()  # a next request on a kept-alive connection
-            super().on_message_begin()
-
-        def on_headers_complete(self) -> None:
-            self._disarm_header_deadline()
-            super().on_headers_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm_header_deadline()
-            super().connection_lost(exc)
-
-
-def guarded_http_protocol(limits: ConnectionLimits, implementation: str = "auto") -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools when installed, as uvicorn's "auto", else
-    h11) with ``limits`` applied; pass it as ``uvicorn.Config(http=…)``."""
-    use_httptools = implementation == "httptools" or (implementation == "auto" and HttpToolsProtocol is not None)
-    base: type[_Guard] = GuardedHttpToolsProtocol if use_httptools else GuardedH11Protocol
-    return type(base.__name__, (base,), {"limits": limits})  # type: ignore[return-value]
+def guarded_http_protocol(
+    limits: ConnectionLimits, implementation: Literal["httptools", "h11"] = "httptools"
+) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools, which uvicorn's "auto" picks, or h11)
+    with ``limits`` applied: pass it as ``uvicorn.Config(http=…)``."""
+    base = GuardedHttpToolsProtocol if implementation == "httptools" else GuardedH11Protocol
+    return type(base.__name__, (base,), {"limits": limits})
 
 
 # -- logs ---------------------------------------------------------------------------------
