@@ -12,7 +12,7 @@ import pytest
 from pycrdt import Array, Map, Text
 
 from crdtnb.files import NotebookFiles
-from crdtnb.notebook import KERNEL_STATUS_KEY
+from crdtnb.schema import KERNEL_STATUS as KERNEL_STATUS_KEY
 from crdtnb.room import Room
 from crdtnb.rooms import RoomManager, RoomSettings
 from crdtnb.store import SQLiteStore

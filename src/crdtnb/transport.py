@@ -24,6 +24,7 @@ from .protocol import (
     AuthMessage,
     AwarenessMessage,
     Message,
+    PolicyViolation,
     ProtocolError,
     QueryAwareness,
     SyncStep1,
@@ -237,7 +238,7 @@ async def run_peer(
     writer = asyncio.create_task(peer.run_writer(), name=f"writer:{label}")
     reader = asyncio.create_task(_read_frames(websocket, peer, room, user, can_write, limits), name=f"reader:{label}")
     overflow = asyncio.create_task(peer.overflowed.wait())
-    room.join(peer)
+    room.join(peer, user)
     try:
         done, _ = await asyncio.wait({reader, writer, overflow}, return_when=asyncio.FIRST_COMPLETED)
         if overflow in done:
@@ -297,9 +298,18 @@ async def _read_frames(
             logger.warning("%s: closing: %s", peer.label, exc.reason)
             peer.close(exc.code, exc.reason)
             return False
+        except PolicyViolation as exc:
+            logger.warning("%s: closing: %s", peer.label, exc)
+            peer.close(CloseCode.POLICY, str(exc))
+            return False
         except ProtocolError as exc:
             logger.warning("%s: closing on a malformed frame: %s", peer.label, exc)
             peer.close(CloseCode.INVALID_PAYLOAD, f"protocol error: {exc}")
+            return False
+        except Exception:
+            # A bug of ours must cost this connection only, never the room.
+            logger.exception("%s: closing after an internal error", peer.label)
+            peer.close(CloseCode.INTERNAL_ERROR, "internal error")
             return False
         if peer.closing:
             return False
