@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,16 @@ def read_sources(path: Path) -> list[str]:
 class Daemon:
     """``crdtnb serve`` as a child process, started and stopped by the test."""
 
-    def __init__(self, root: Path, *args: str, token: str = TOKEN, state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *args: str,
+        token: str = TOKEN,
+        state_dir: Path | None = None,
+        preexec_fn: Callable[[], Any] | None = None,
+    ) -> None:
         self.root = root
+        self.preexec_fn = preexec_fn  # e.g. resource limits for the child
         self.args = list(args)
         self.token = token
         self.state_dir = state_dir
@@ -67,7 +75,7 @@ class Daemon:
             cmd += ["--state-dir", str(self.state_dir)]
         cmd += self.args
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -35,7 +35,8 @@ class AccountAuth:
             account = self.users.account_for_token(token)
             return User(account.name, account.name) if account else None
         session = self.signer.read(conn.cookies.get(COOKIE_NAME))
-        if session is None or self.users.get(session.user) is None:
+        # The session must still be on record: logout, passwd, revoke-tokens and remove end it.
+        if session is None or self.users.session_user(session.id) != session.user:
             return None
         return User(session.user, session.user, csrf=session.csrf)
 

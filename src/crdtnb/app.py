@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router, WebSocketRoute
@@ -27,6 +28,8 @@ from starlette.websockets import WebSocket
 
 from .accounts import AccountAuth
 from .auth import Action, Authenticate, Authorize, User, allow_all, call_hook
+from .bodies import capped
+from .connections import ConnectionRegistry, watch_changes
 from .fanout import Fanout
 from .files import InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
 from .kernel import AgentSettings, KernelAgents
@@ -73,6 +76,8 @@ def _api(action: Action) -> Callable[[Handler], Callable[["NotebookSync", Reques
                 return checked
             try:
                 return await handler(self, request, path)
+            except HTTPException:
+                raise  # e.g. the body limit's 413: Starlette answers it
             except Exception as exc:
                 return _file_error(exc)
 
@@ -119,6 +124,7 @@ class NotebookSync:
         self.rooms = RoomManager(self.files, self.store, settings, fanout)
         self.kernels = KernelAgents(self.rooms, kernel_settings)
         self.limits = limits or TransportLimits()
+        self.connections = ConnectionRegistry(self.authenticate, self.authorize)
         self.started = False
         self._connections = 0
         self._router = Router(routes=self.routes)
@@ -128,7 +134,7 @@ class NotebookSync:
         login: list[BaseRoute] = []
         if self.accounts is not None:
             login = login_routes(self.accounts.users, self.accounts.signer, self.login_limiter, self.origin_allowed)
-        return login + [
+        return capped(login + [
             Route("/api/session", self.session, methods=["GET"]),
             WebSocketRoute("/api/sync/{path:path}", _RawASGI(self.sync_endpoint)),
             Route("/api/health", self.health, methods=["GET"]),
@@ -143,16 +149,24 @@ class NotebookSync:
             Route("/api/notebooks/{path:path}", self.get_notebook, methods=["GET"]),
             Route("/api/notebooks/{path:path}", self.create_notebook, methods=["POST"]),
             *page_routes(),
-        ]
+        ])
 
     @asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
         await self.store.start()
         self.started = True
+        watcher: asyncio.Task[None] | None = None
+        if self.accounts is not None:
+            # `crdtnb users …` changes access from another process: notice it within 0.25 s.
+            changes = self.accounts.users.watch()
+            watcher = asyncio.create_task(watch_changes(changes.changed, self.recheck_connections))
         try:
             yield
         finally:
             self.started = False
+            if watcher is not None:
+                watcher.cancel()
+                changes.close()
             await self.kernels.close()
             await self.rooms.close()
             await self.store.close()
@@ -210,6 +224,7 @@ class NotebookSync:
             # Cross-site websocket hijacking: a foreign page riding on a user's cookie.
             await websocket.close(CloseCode.FORBIDDEN, "origin not allowed")
             return
+        seen = self.connections.generation  # before authenticating: see ConnectionRegistry.track
         user = await self._user(websocket)
         if user is None:
             await websocket.close(CloseCode.UNAUTHENTICATED, "authentication required")
@@ -243,10 +258,21 @@ class NotebookSync:
         client = websocket.client
         label = f"{name} {user.name}@{client.host}:{client.port}" if client else f"{name} {user.name}"
         try:
-            await run_peer(websocket, send, room, user=user, can_write=can_write, limits=self.limits, label=label)
+            with self.connections.track(scope, user, name, can_write, seen) as tracked:
+                await run_peer(
+                    websocket, send, room, user=user, can_write=can_write, limits=self.limits, label=label, on_open=tracked.attach
+                )
         finally:
             self._connections -= 1
             self.rooms.release(room)
+
+    async def recheck_connections(self) -> int:
+        """Authenticate and authorize every open websocket again, and close those
+        that lost access (4401: no longer authenticated; 4403: may no longer read,
+        or no longer write). The daemon's own accounts do this on every change;
+        a host with its own hooks calls it after changing who may do what.
+        Returns how many connections were closed."""
+        return await self.connections.recheck()
 
     # -- REST ----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import inspect
 import logging
 import types
 from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -225,12 +225,16 @@ async def run_peer(
     can_write: bool,
     limits: TransportLimits,
     label: str,
+    on_open: Callable[[WebSocketPeer], None] | None = None,
 ) -> None:
     """Serve an accepted websocket as a peer of ``room`` until either side closes.
 
     ``send`` is the connection's ASGI send: messages go straight to it, not
-    through Starlette's per-message checks."""
+    through Starlette's per-message checks. ``on_open`` is given the peer, e.g.
+    to close it later when the connection loses access."""
     peer = WebSocketPeer(websocket, send, limits, label)
+    if on_open is not None:
+        on_open(peer)
     writer = asyncio.create_task(peer.run_writer(), name=f"writer:{label}")
     reader = asyncio.create_task(_read_frames(websocket, peer, room, user, can_write, limits), name=f"reader:{label}")
     overflow = asyncio.create_task(peer.overflowed.wait())
@@ -281,6 +285,8 @@ async def _read_frames(
             return True
         if event["type"] == "websocket.disconnect":
             return True
+        if peer.closing:
+            return False  # a close was asked for (e.g. access revoked): nothing more is applied
         data = event.get("bytes")
         try:
             if data is None:
