@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from crdtnb import RoomSettings, create_app
+from crdtnb import RoomSettings, Settings, create_app
 
 
 class MemoryStore:
@@ -73,7 +73,7 @@ def main() -> None:
         token=args.token,
         state_dir=args.state_dir,
         store=MemoryStore(),
-        settings=RoomSettings(idle_timeout=args.idle_timeout),
+        settings=Settings(rooms=RoomSettings(idle_timeout=args.idle_timeout)),
     )
     uvicorn.run(
         app,

@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,12 @@ import nbformat
 import pytest
 
 from crdtnb.client import NotebookClient, connect
+from crdtnb.compaction import Compaction
+from crdtnb.daemon import Daemon as Core
+from crdtnb.filesync import FileSyncExtension
 from crdtnb.protocol import encode_sync_step1
+from crdtnb.settings import Settings
+from crdtnb.store import Store
 
 TOKEN = "test-token-not-secret"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -158,6 +164,16 @@ class Daemon:
 
     def health(self) -> dict[str, Any]:
         return httpx.get(f"{self.url}/api/health", timeout=5).json()
+
+
+@asynccontextmanager
+async def in_process(root: Path, store: Store | None = None, extensions: Sequence[object] = (), **sections: Any) -> AsyncIterator[Core]:
+    """The daemon's core in this process (no HTTP): its files and compaction extensions,
+    a state directory beside ``root``, settings sections as given."""
+    settings = Settings(root=root, state_dir=root.parent / "state", **sections)
+    builtin = [FileSyncExtension(settings.files), Compaction(settings.rooms.compact_min_interval)]
+    async with Core(settings, store=store, extensions=[*builtin, *extensions]) as core:
+        yield core
 
 
 @pytest.fixture

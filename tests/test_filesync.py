@@ -15,24 +15,21 @@ import nbformat
 import pytest
 from pycrdt import Array, Map, Text
 
-from crdtnb.files import NotebookFiles
-from crdtnb.schema import KERNEL_STATUS as KERNEL_STATUS_KEY
 from crdtnb.room import Room
-from crdtnb.rooms import RoomManager, RoomSettings
-from crdtnb.store import SQLiteStore
+from crdtnb.rooms import RoomManager
+from crdtnb.schema import KERNEL_STATUS as KERNEL_STATUS_KEY
+from crdtnb.settings import FileSettings
 
-from .conftest import eventually, read_sources, write_notebook
+from .conftest import eventually, in_process, read_sources, write_notebook
 
-SETTINGS = RoomSettings(save_delay=0.2, save_max_delay=0.6, busy_save_max_delay=30.0, poll_interval=0.2)
+SETTINGS = FileSettings(save_delay=0.2, save_max_delay=0.6, busy_save_max_delay=30.0, poll_interval=0.2)
 
 
 @pytest.fixture
 async def manager(tmp_path: Path) -> AsyncIterator[RoomManager]:
     write_notebook(tmp_path / "root" / "nb.ipynb", ["start"])
-    async with SQLiteStore(tmp_path / "state.sqlite3") as store:
-        rooms = RoomManager(NotebookFiles(tmp_path / "root"), store, SETTINGS)
-        yield rooms
-        await rooms.close()
+    async with in_process(tmp_path / "root", files=SETTINGS) as daemon:
+        yield daemon.rooms
 
 
 def _source(room: Room) -> Text:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import os
 import secrets
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from .settings import Settings
 from .users import Role, UserError, UserStore
 
 GIL_SWITCH_INTERVAL = 0.0005  # seconds; see _serve
@@ -19,24 +20,13 @@ GIL_SWITCH_INTERVAL = 0.0005  # seconds; see _serve
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crdtnb", description="CRDT sync daemon for Jupyter notebooks")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the notebooks under a directory")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the notebooks under a directory",
+        description="Serve the notebooks under ROOT: live rooms, a durable log, server-side kernels.",
+    )
     serve.add_argument("root", nargs="?", default=".", help="directory of notebooks (default: current)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
-    serve.add_argument("--port", type=int, default=8888)
-    serve.add_argument("--token", default=os.environ.get("CRDTNB_TOKEN"), help="access token (default: $CRDTNB_TOKEN, else random)")
-    serve.add_argument("--state-dir", default=None, help="where the update log lives (default: ROOT/.crdtnb)")
-    serve.add_argument("--idle-timeout", type=float, default=60.0, help="seconds before an unused room is saved and unloaded")
-    serve.add_argument("--save-delay", type=float, default=1.0, help="seconds after the last change before saving the .ipynb")
-    serve.add_argument("--poll-interval", type=float, default=1.0, help="seconds between checks of open files for outside changes")
-    serve.add_argument("--max-frame-bytes", type=int, default=16 * 2**20, help="largest websocket frame accepted")
-    serve.add_argument("--max-send-queue-bytes", type=int, default=64 * 2**20, help="per-client send queue; a client that falls further behind is disconnected")
-    serve.add_argument("--compact-after", type=int, default=1000, help="updates in a room's log before it is compacted into one snapshot")
-    serve.add_argument("--max-stream-bytes", type=int, default=2**20, help="cap of one stream output (beginning and latest output kept)")
-    serve.add_argument("--max-output-bytes", type=int, default=8 * 2**20, help="cap of any other single output (replaced by a note)")
-    serve.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send complete request headers before its connection is closed")
-    serve.add_argument("--max-connections", type=int, default=None, help="open connections (HTTP and websocket) before new ones get 503 (default: from the file-descriptor limit)")
-    serve.add_argument("--log-level", default="info")
-    serve.add_argument("--allow-origin", action="append", default=[], help="another origin whose pages may connect (repeatable)")
+    Settings.add_arguments(serve)
     _add_user_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -120,9 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import NotebookSync, create_app
-    from .kernel import AgentSettings
-    from .outputs import OutputLimits
-    from .rooms import RoomSettings
+    from .sandbox import SandboxUnavailable
     from .server import (
         ConnectionLimits,
         default_max_connections,
@@ -130,51 +118,41 @@ def _serve(args: argparse.Namespace) -> int:
         raise_fd_limit,
         redact_uvicorn_logs,
     )
-    from .transport import TransportLimits
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = Path(args.root)
-    if not root.is_dir():
-        print(f"crdtnb: {root} is not a directory", file=sys.stderr)
+    settings = Settings.from_args(args, args.root)
+    server_settings = settings.server
+    logging.basicConfig(
+        level=server_settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.root.is_dir():
+        print(f"crdtnb: {settings.root} is not a directory", file=sys.stderr)
         return 2
-    token = args.token or secrets.token_urlsafe(24)
-    settings = RoomSettings(
-        idle_timeout=args.idle_timeout,
-        save_delay=args.save_delay,
-        poll_interval=args.poll_interval,
-    )
-    limits = TransportLimits(max_frame_bytes=args.max_frame_bytes, max_queue_bytes=args.max_send_queue_bytes)
-    app = create_app(
-        root,
-        token=token,
-        state_dir=args.state_dir,
-        settings=settings,
-        limits=limits,
-        compact_after_updates=args.compact_after,
-        allowed_origins=args.allow_origin,
-        kernel_settings=AgentSettings(
-            limits=OutputLimits(max_stream_bytes=args.max_stream_bytes, max_output_bytes=args.max_output_bytes)
-        ),
-    )
+    token = settings.access.token or secrets.token_urlsafe(24)
+    settings = replace(settings, access=replace(settings.access, token=token))
+    try:
+        app = create_app(settings=settings)
+    except SandboxUnavailable as exc:
+        print(f"crdtnb: --kernel-sandbox bwrap: {exc}", file=sys.stderr)
+        return 2
     sync: NotebookSync = app.state.sync
     fd_limit = raise_fd_limit()
-    max_connections = args.max_connections or default_max_connections(fd_limit)
+    max_connections = server_settings.max_connections or default_max_connections(fd_limit)
     if max_connections > fd_limit - 64:
         logging.getLogger("crdtnb").warning(
             "--max-connections %d leaves under 64 of %d file descriptors for files and kernels", max_connections, fd_limit
         )
-    connection_limits = ConnectionLimits(header_timeout=args.header_timeout, max_connections=max_connections)
-    host = f"[{args.host}]" if ":" in args.host else args.host
+    connection_limits = ConnectionLimits(header_timeout=server_settings.header_timeout, max_connections=max_connections)
+    host = f"[{server_settings.host}]" if ":" in server_settings.host else server_settings.host
     print(f"crdtnb serving {sync.files.root} (state in {sync.state_dir})", flush=True)
     print(f"accepting up to {max_connections} connections ({fd_limit} file descriptors)", flush=True)
-    print(f"open http://{host}:{args.port}/?token={token}", flush=True)
+    print(f"open http://{host}:{server_settings.port}/?token={token}", flush=True)
     config = uvicorn.Config(
         app,
         http=guarded_http_protocol(connection_limits),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level.lower(),
-        ws_max_size=args.max_frame_bytes,
+        host=server_settings.host,
+        port=server_settings.port,
+        log_level=server_settings.log_level,
+        ws_max_size=settings.transport.max_frame_bytes,
         # Compression would cost one deflate per relayed update per peer (a quarter of
         # the daemon's CPU at 100 clients x 200 updates/s), for small binary updates.
         ws_per_message_deflate=False,

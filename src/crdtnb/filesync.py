@@ -25,15 +25,36 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from .auth import Action
+from .extensions import (
+    ChangesDurable,
+    DaemonStarted,
+    Extension,
+    FileFailed,
+    FileMerged,
+    FileSaved,
+    RoomLoaded,
+    RoomLoading,
+    RoomUnloading,
+)
 from .files import FileChanged, FileStamp, InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
 from .merge import merge_disk_changes
-from .notebook import canonical_notebook
+from .notebook import canonical_notebook, load_notebook
 from .origins import FILE
 from .room import Room
 from .schema import FILE_ERROR, SAVED_AT, kernel_busy, state_of
+from .settings import FileSettings
 from .store import Store
+
+if TYPE_CHECKING:
+    from .api import Api
 
 logger = logging.getLogger("crdtnb.files")
 
@@ -51,25 +72,22 @@ class FileSync:
         *,
         base: bytes,
         stamp: FileStamp,
-        save_delay: float = 1.0,
-        save_max_delay: float = 10.0,
-        busy_save_max_delay: float = 30.0,
-        poll_interval: float = 1.0,
-        retry_delay: float = 30.0,
+        settings: FileSettings | None = None,
     ) -> None:
         self.room = room
         self.files = files
         self.store = store
         self.base = base
         self.stamp = stamp
-        self.save_delay = save_delay
-        self.save_max_delay = save_max_delay
+        settings = settings or FileSettings()
+        self.save_delay = settings.save_delay
+        self.save_max_delay = settings.save_max_delay
         # A running cell may stream output for hours: rewriting the whole growing
         # notebook every few seconds would cost more than it gives, since every
         # output is already durable in the room's log the moment it arrives.
-        self.busy_save_max_delay = busy_save_max_delay
-        self.poll_interval = poll_interval
-        self.retry_delay = retry_delay
+        self.busy_save_max_delay = settings.busy_save_max_delay
+        self.poll_interval = settings.poll_interval
+        self.retry_delay = settings.retry_delay
         self.disk_error: str | None = None  # the file on disk cannot be read as a notebook
         self.save_error: str | None = None  # the document could not be written
         self.saved_at: float | None = None
@@ -80,7 +98,6 @@ class FileSync:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        room.on_change.append(self.changed)
 
     @classmethod
     async def open(
@@ -90,7 +107,7 @@ class FileSync:
         store: Store,
         nb: dict[str, Any],
         stamp: FileStamp,
-        **options: float,
+        settings: FileSettings | None = None,
     ) -> FileSync:
         """Attach to a room whose document came from the store or from the file ``nb``
         (read as ``stamp``). Merges the file if it changed since the stored base, and
@@ -98,7 +115,7 @@ class FileSync:
         that were logged but not saved, an upgrade to nbformat 4.5)."""
         base = await store.get_meta(room.name, BASE_KEY)
         sha = await store.get_meta(room.name, SHA_KEY)
-        sync = cls(room, files, store, base=base or room.doc.get_update(), stamp=stamp, **options)
+        sync = cls(room, files, store, base=base or room.doc.get_update(), stamp=stamp, settings=settings)
         if base is None or sha is None:
             # The document was just loaded from this very file.
             await sync._remember_base()
@@ -202,6 +219,8 @@ class FileSync:
                 self.save_error = None
                 self._note_saved(time.time() if written else self.saved_at)
                 logger.debug("saved %s", self.room.name)
+                assert self.saved_at is not None
+                self.room.hooks.notify("on_file_saved", FileSaved(self.room, self.room.name, self.saved_at, written))
                 return self.saved_at
             self._fail_save(f"{self.room.name} keeps changing on disk; saving again soon")
             return None
@@ -210,6 +229,7 @@ class FileSync:
         logger.error("%s", error)
         self.save_error = error
         self._show_error()
+        self.room.hooks.notify("on_file_failed", FileFailed(self.room, self.room.name, error))
         # Retried on the next change, and in any case after retry_delay (a disk that
         # was full may have room again): never in a loop.
         now = time.monotonic()
@@ -235,6 +255,7 @@ class FileSync:
             self.stamp = FileStamp.of(st)
             self._show_error()
             logger.error("%s", exc)
+            self.room.hooks.notify("on_file_failed", FileFailed(self.room, self.room.name, self.disk_error))
             return
         if self.disk_error is not None:
             self.disk_error = None
@@ -260,6 +281,7 @@ class FileSync:
         if not was_dirty and await asyncio.to_thread(_same_notebook, self.room.index.export(), nb):
             # The room now equals the file: nothing to write back.
             self._dirty_since = None
+        self.room.hooks.notify("on_file_merged", FileMerged(self.room, self.room.name))
 
     async def _remember_base(self) -> None:
         await self.store.set_meta(self.room.name, BASE_KEY, self.base)
@@ -289,3 +311,59 @@ class FileSync:
 
 def _same_notebook(exported: dict[str, Any], nb: dict[str, Any]) -> bool:
     return exported == canonical_notebook(nb)
+
+
+class FileSyncExtension(Extension):
+    """The .ipynb behind every room: an empty room is loaded from it (a room is only
+    served for a real, valid notebook), then kept in step by a FileSync; ``POST
+    /api/notebooks/{path}/save`` saves now."""
+
+    def __init__(self, settings: FileSettings | None = None) -> None:
+        self.settings = settings or FileSettings()
+        self.syncs: dict[str, FileSync] = {}
+        self._read: dict[str, tuple[dict[str, Any], FileStamp]] = {}
+        self._files: NotebookFiles | None = None
+        self._store: Store | None = None
+
+    def routes(self, api: Api) -> Sequence[BaseRoute]:
+        return [api.route("/api/notebooks/{path:path}/save", self.save_now, methods=["POST"], action=Action.WRITE)]
+
+    async def on_daemon_started(self, event: DaemonStarted) -> None:
+        self._files = event.daemon.files
+        self._store = event.daemon.store
+
+    async def on_room_loading(self, event: RoomLoading) -> None:
+        assert self._files is not None, "the daemon has not started"
+        # Raises if the file is gone or invalid: the room is refused.
+        nb, stamp = await asyncio.to_thread(self._files.read, event.name)
+        if not event.from_store:
+            await asyncio.to_thread(load_notebook, event.doc, nb)
+        self._read[event.name] = (nb, stamp)
+
+    async def on_room_loaded(self, event: RoomLoaded) -> None:
+        assert self._files is not None and self._store is not None
+        room = event.room
+        nb, stamp = self._read.pop(room.name)
+        sync = await FileSync.open(room, self._files, self._store, nb, stamp, self.settings)
+        sync.start()
+        self.syncs[room.name] = sync
+
+    def on_changes_durable(self, event: ChangesDurable) -> None:
+        sync = self.syncs.get(event.room.name)
+        if sync is not None:
+            sync.changed()
+
+    async def on_room_unloading(self, event: RoomUnloading) -> None:
+        sync = self.syncs.pop(event.room.name, None)
+        if sync is not None:
+            await sync.close()
+
+    async def save_now(self, api: Api, request: Request, path: str) -> Response:
+        """Write the notebook to its file now (Ctrl+S)."""
+        async with api.daemon.rooms.hold(path) as room:
+            await room.flushed()
+            sync = self.syncs[room.name]
+            saved_at = await sync.save()
+            if saved_at is None:
+                return JSONResponse({"error": sync.error or "the notebook could not be saved"}, status_code=409)
+            return JSONResponse({"saved_at": saved_at})

@@ -112,9 +112,10 @@ class SchemaGuard:
 
     # -- the ledger -----------------------------------------------------------------------
 
-    def learn_outputs(self) -> None:
+    def learn_outputs(self, loading: bool = False) -> None:
         """Record the outputs the server changed since last time, once they are final
-        (a running cell's outputs still grow: they are recorded when it ends)."""
+        (a running cell's outputs still grow: they are recorded when it ends; at load
+        nothing runs, whatever the cells say)."""
         changed = self.index.outputs_changed
         if not changed:
             return
@@ -123,10 +124,23 @@ class SchemaGuard:
             if ymap is None:
                 changed.discard(entry)
                 continue
-            if entry.cell_id in self.running or ymap.get(EXECUTION_STATE) == "running":
+            if not loading and (entry.cell_id in self.running or ymap.get(EXECUTION_STATE) == "running"):
                 continue
             self.ledger.record(entry.export())
             changed.discard(entry)
+
+    def check_document(self) -> bool:
+        """At load, before the room is shared: learn the outputs it holds, then check
+        every cell and the meta (a log written before these rules, or by another tool,
+        may hold anything). Returns whether something had to be repaired."""
+        for entry in self.index:
+            entry.json_text()  # the first export and the ledger need every cell's
+        self.learn_outputs(loading=True)
+        for entry in self.index:
+            self._findings(entry).inserted = True
+        self._structure = True
+        self._meta = {"nbformat": None, "nbformat_minor": None, "metadata": None}
+        return self.repair()
 
     # -- reading a peer's transaction (inside its commit: read only) ---------------------
 
@@ -319,7 +333,7 @@ class SchemaGuard:
         if not old:
             return
         meta = meta_of(self.doc)
-        if "nbformat" in old and meta.get("nbformat") != 4:
+        if "nbformat" in old and _count(meta.get("nbformat")) != 4:
             meta["nbformat"] = 4
         if "nbformat_minor" in old:
             minor = meta.get("nbformat_minor")

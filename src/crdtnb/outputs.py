@@ -28,6 +28,7 @@ from pycrdt import Array, Doc, Map, Text
 
 from .notebook import new_output_map
 from .schema import CellIndex
+from .settings import KernelSettings
 
 logger = logging.getLogger("crdtnb.outputs")
 
@@ -35,12 +36,13 @@ logger = logging.getLogger("crdtnb.outputs")
 _CARRIAGE_RETURN = re.compile(r"^.*\r+(?!\n|$)", re.MULTILINE)
 _BACKSPACE = re.compile(r"[^\n]\x08")
 OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error"}
+_DEFAULTS = KernelSettings()
 
 
 @dataclass(frozen=True)
 class OutputLimits:
-    max_stream_bytes: int = 2**20  # per stream output
-    max_output_bytes: int = 8 * 2**20  # any other single output
+    max_stream_bytes: int = _DEFAULTS.max_stream_bytes  # per stream output
+    max_output_bytes: int = _DEFAULTS.max_output_bytes  # any other single output
     stream_head_fraction: float = 0.25  # of a truncated stream, the share kept from its start
 
 
@@ -144,10 +146,13 @@ class _CellState:
 class OutputWriter:
     """Applies iopub messages to the cells of one document."""
 
-    def __init__(self, doc: Doc, limits: OutputLimits | None = None, index: CellIndex | None = None) -> None:
+    def __init__(
+        self, doc: Doc, limits: OutputLimits | None = None, index: CellIndex | None = None, origin: object = None
+    ) -> None:
         self.doc = doc
         self.limits = limits or OutputLimits()
         self.index = index or CellIndex(doc)
+        self.origin = origin  # of the transactions it opens (the kernel's)
         self._cells: dict[str, _CellState] = {}
         self._displays: dict[str, list[tuple[str, Map]]] = {}
 
@@ -199,7 +204,7 @@ class OutputWriter:
         """Apply messages in order, inside one transaction of the document.
         Consecutive stream messages to the same output are joined first, so a
         burst of tiny prints costs one edit."""
-        with self.doc.transaction():
+        with self.doc.transaction(origin=self.origin):
             for cell_id, msg in _join_streams(batch):
                 try:
                     self.apply(cell_id, msg)

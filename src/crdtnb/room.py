@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+import time
 from dataclasses import replace
 
 from pycrdt import Doc, Subscription, TransactionEvent, merge_updates
 
 from .auth import User
 from .awareness import PresenceLimits, RoomAwareness
+from .extensions import Change, ChangesDurable, Hooks, PeerJoined, PeerLeft
 from .fanout import Fanout, LocalFanout, Peer
 from .guard import SchemaGuard
 from .origins import SERVER, SERVER_ORIGINS, Origin, PeerOrigin, RemoteOrigin
@@ -51,6 +52,7 @@ class Room:
         fanout: Fanout | None = None,
         index: CellIndex | None = None,
         presence: PresenceLimits | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.name = name
         self.doc = doc
@@ -61,11 +63,11 @@ class Room:
         self.guard = SchemaGuard(doc, self.index, is_peer=lambda origin: isinstance(origin, PeerOrigin))
         self.awareness = RoomAwareness(presence)
         self.peers: set[Peer] = set()
-        # Named hooks, called after each batch of changes is durable.
-        self.on_change: list[Callable[[], None]] = []
+        self.hooks = hooks or Hooks()
         self._origins: dict[int, Origin] = {hash(origin): origin for origin in SERVER_ORIGINS}
         self._peer_origins: dict[Peer, PeerOrigin] = {}
-        self._outbox: list[tuple[bytes, Origin]] = []
+        # Captured transactions waiting to be stored: (update, origin, when captured).
+        self._outbox: list[tuple[bytes, Origin, float]] = []
         self._wake = asyncio.Event()
         self._enqueued = 0
         self._committed = 0
@@ -98,7 +100,7 @@ class Room:
             self._origins[hash(origin)] = origin
         return origin
 
-    def join(self, peer: Peer, user: User | None = None) -> None:
+    def join(self, peer: Peer, user: User | None = None, can_write: bool = True) -> None:
         """Add a peer and send it our state vector and everyone's presence."""
         self.origin_of(peer, user)
         self.peers.add(peer)
@@ -106,6 +108,7 @@ class Room:
         states = self.awareness.encode_all()
         if states is not None:
             peer.send(encode_awareness(states))
+        self.hooks.notify("on_peer_joined", PeerJoined(self, peer, user, can_write))
 
     def leave(self, peer: Peer) -> None:
         self.peers.discard(peer)
@@ -115,6 +118,7 @@ class Room:
         removal = self.awareness.remove_owner(peer)
         if removal is not None:
             self.broadcast(encode_awareness(removal), exclude=peer)
+        self.hooks.notify("on_peer_left", PeerLeft(self, peer, origin.user if origin else None))
 
     def broadcast(self, message: bytes, exclude: Peer | None = None) -> None:
         self.fanout.publish(self.name, message, list(self.peers), exclude)
@@ -144,8 +148,8 @@ class Room:
             # Everyone, the sender included, gets the update with its repair in one
             # frame: no client ever holds the broken state.
             captured = self._outbox[mark:]
-            merged = merge_updates(*[update for update, _ in captured])
-            self._outbox[mark:] = [(merged, SERVER)]
+            merged = merge_updates(*[update for update, _, _ in captured])
+            self._outbox[mark:] = [(merged, SERVER, captured[0][2])]
             self._enqueued -= len(captured) - 1
 
     def apply_remote(self, update: bytes, origin: RemoteOrigin) -> None:
@@ -184,7 +188,7 @@ class Room:
 
     def _capture(self, event: TransactionEvent) -> None:
         origin = self._origins.get(event.transaction.origin(), SERVER)  # type: ignore[arg-type]
-        self._outbox.append((event.update, origin))
+        self._outbox.append((event.update, origin, time.monotonic()))
         self._enqueued += 1
         self._wake.set()
 
@@ -201,17 +205,19 @@ class Room:
             batch, self._outbox = self._outbox, []
             if not batch:
                 continue
-            local = [update for update, origin in batch if not isinstance(origin, RemoteOrigin)]
+            local = [update for update, origin, _ in batch if not isinstance(origin, RemoteOrigin)]
             if local:
                 await self._persist(local)
+            durable = time.monotonic()
             async with self._committed_changed:
                 self._committed += len(batch)
                 self._committed_changed.notify_all()
-            for update, origin in batch:
+            for update, origin, _ in batch:
                 sender = origin.peer if isinstance(origin, PeerOrigin) else None
                 self.broadcast(encode_update(update), exclude=sender)
-            for hook in self.on_change:
-                hook()
+            if self.hooks.wants("on_changes_durable"):
+                changes = tuple(Change(update, origin, received, durable) for update, origin, received in batch)
+                self.hooks.notify("on_changes_durable", ChangesDurable(self, changes))
 
     async def _persist(self, updates: list[bytes]) -> None:
         """Append to the log; on a storage fault keep retrying rather than relay

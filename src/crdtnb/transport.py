@@ -12,7 +12,6 @@ import logging
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -34,6 +33,7 @@ from .protocol import (
     parse_message,
 )
 from .room import Room
+from .settings import TransportLimits
 
 logger = logging.getLogger("crdtnb.transport")
 
@@ -52,14 +52,6 @@ class CloseCode(IntEnum):
     FORBIDDEN = 4403
     NOT_FOUND = 4404
     INVALID_NOTEBOOK = 4422
-
-
-@dataclass(frozen=True)
-class TransportLimits:
-    max_frame_bytes: int = 16 * 2**20
-    max_queue_bytes: int = 64 * 2**20
-    max_queue_messages: int = 20_000
-    close_timeout: float = 5.0
 
 
 class ConnectionClosed(Exception):
@@ -238,7 +230,7 @@ async def run_peer(
     writer = asyncio.create_task(peer.run_writer(), name=f"writer:{label}")
     reader = asyncio.create_task(_read_frames(websocket, peer, room, user, can_write, limits), name=f"reader:{label}")
     overflow = asyncio.create_task(peer.overflowed.wait())
-    room.join(peer, user)
+    room.join(peer, user, can_write)
     try:
         done, _ = await asyncio.wait({reader, writer, overflow}, return_when=asyncio.FIRST_COMPLETED)
         if overflow in done:
