@@ -21,10 +21,20 @@ OWNER = User("owner")
 
 
 class AccountAuth:
-    def __init__(self, users: UserStore, signer: SessionSigner, admin_token: str | None = None) -> None:
+    def __init__(
+        self,
+        users: UserStore,
+        signer: SessionSigner,
+        admin_token: str | None = None,
+        *,
+        kernels_isolated: bool = False,
+    ) -> None:
         self.users = users
         self.signer = signer
         self._admin_token = admin_token.encode() if admin_token else None
+        # Unconfined kernels run as the daemon's OS user, so a runner role limited to
+        # some paths would limit nothing: then only a global runner role runs code.
+        self.kernels_isolated = kernels_isolated
 
     def authenticate(self, conn: HTTPConnection) -> User | None:
         token = request_token(conn)
@@ -49,4 +59,8 @@ class AccountAuth:
 
     def authorize(self, user: User, path: str, action: Action) -> bool:
         role = self.role(user, path)
-        return role is not None and role >= REQUIRED_ROLE[action]
+        if role is None or role < REQUIRED_ROLE[action]:
+            return False
+        if action is Action.EXECUTE and not self.kernels_isolated:
+            return (self.role(user, "") or Role.VIEWER) >= Role.RUNNER
+        return True

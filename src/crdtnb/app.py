@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from .kernel import AgentSettings, KernelAgents
 from .login import login_routes
 from .pages import page_routes
 from .rooms import RoomManager, RoomSettings
+from .sandbox import SandboxMode, choose_sandbox
 from .sessions import CSRF_HEADER, LoginLimiter, SessionSigner, load_secret
 from .store import SQLiteStore, Store
 from .transport import CloseCode, TransportLimits, run_peer
@@ -90,9 +92,13 @@ class NotebookSync:
         fanout: Fanout | None = None,
         kernel_settings: AgentSettings | None = None,
         allowed_origins: Iterable[str] = (),
+        kernel_sandbox: SandboxMode | str = SandboxMode.AUTO,
     ) -> None:
         self.files = NotebookFiles(root)
         self.state_dir = Path(state_dir) if state_dir else self.files.root / ".crdtnb"
+        # Raises SandboxUnavailable when "bwrap" was asked for and cannot work.
+        sandbox, sandbox_note = choose_sandbox(kernel_sandbox, self.files.root, hidden=[self.state_dir])
+        self.kernels_isolated = sandbox is not None
         self.store = store or SQLiteStore(
             self.state_dir / "crdtnb.sqlite3", compact_threshold_rows=compact_after_updates
         )
@@ -101,14 +107,15 @@ class NotebookSync:
         if authenticate is None:
             # The daemon's own accounts, with the token (if any) as an admin credential.
             signer = SessionSigner(load_secret(self.state_dir))
-            self.accounts = AccountAuth(UserStore(self.state_dir), signer, token)
+            self.accounts = AccountAuth(UserStore(self.state_dir), signer, token, kernels_isolated=self.kernels_isolated)
             self.login_limiter = LoginLimiter()
             authenticate = self.accounts.authenticate
             authorize = authorize or self.accounts.authorize
         self.authenticate = authenticate
         self.authorize = authorize or allow_all
         self.rooms = RoomManager(self.files, self.store, settings, fanout)
-        self.kernels = KernelAgents(self.rooms, kernel_settings)
+        self.kernels = KernelAgents(self.rooms, replace(kernel_settings or AgentSettings(), sandbox=sandbox))
+        self._log_isolation(sandbox_note)
         self.limits = limits or TransportLimits()
         self.started = False
         self._connections = 0
@@ -151,6 +158,21 @@ class NotebookSync:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Lets a host ``Mount("/collab", app=sync)``."""
         await self._router(scope, receive, send)
+
+    def _log_isolation(self, note: str) -> None:
+        if self.kernels_isolated:
+            logger.info("%s: a kernel sees only its notebook's directory of %s", note, self.files.root)
+            return
+        refused = " Runner roles limited with --path are refused." if self.accounts is not None else ""
+        logger.warning(
+            "kernels are NOT isolated (%s): anyone allowed to run code acts as this daemon's OS user "
+            "(uid %d): they can read its secrets (the session key, accounts and update log in %s) and "
+            "every file that user can, and rewrite any notebook.%s",
+            note,
+            os.getuid(),
+            self.state_dir,
+            refused,
+        )
 
     # -- auth ------------------------------------------------------------------
 

@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--compact-after", type=int, default=1000, help="updates in a room's log before it is compacted into one snapshot")
     serve.add_argument("--max-stream-bytes", type=int, default=2**20, help="cap of one stream output (beginning and latest output kept)")
     serve.add_argument("--max-output-bytes", type=int, default=8 * 2**20, help="cap of any other single output (replaced by a note)")
+    serve.add_argument(
+        "--kernel-sandbox",
+        choices=["auto", "bwrap", "none"],
+        default="auto",
+        help="run kernels in a bubblewrap sandbox (auto: when bwrap works here; none: as this OS user, unconfined)",
+    )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--allow-origin", action="append", default=[], help="another origin whose pages may connect (repeatable)")
     _add_user_commands(commands)
@@ -96,8 +102,16 @@ def _users(args: argparse.Namespace) -> int:
             store.remove(args.name)
             print(f"removed {args.name}")
         elif args.action == "role":
-            store.set_role(args.name, Role.parse(args.role), args.path)
+            role = Role.parse(args.role)
+            store.set_role(args.name, role, args.path)
             print(f"{args.name}: {args.role}" + (f" on {args.path}" if args.path else ""))
+            if args.path and role >= Role.RUNNER:
+                print(
+                    f"crdtnb: warning: a runner role limited to {args.path} lets {args.name} run code only on a "
+                    "daemon whose kernels are sandboxed (--kernel-sandbox auto with bubblewrap working, or bwrap); "
+                    "with unconfined kernels it is refused, since their code could reach every file of the daemon",
+                    file=sys.stderr,
+                )
         elif args.action == "passwd":
             store.set_password(args.name, _read_password(args.password_stdin))
             print(f"password of {args.name} changed")
@@ -135,6 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .kernel import AgentSettings
     from .outputs import OutputLimits
     from .rooms import RoomSettings
+    from .sandbox import SandboxUnavailable
     from .transport import TransportLimits
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -149,18 +164,24 @@ def _serve(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
     )
     limits = TransportLimits(max_frame_bytes=args.max_frame_bytes, max_queue_bytes=args.max_send_queue_bytes)
-    app = create_app(
-        root,
-        token=token,
-        state_dir=args.state_dir,
-        settings=settings,
-        limits=limits,
-        compact_after_updates=args.compact_after,
-        allowed_origins=args.allow_origin,
-        kernel_settings=AgentSettings(
-            limits=OutputLimits(max_stream_bytes=args.max_stream_bytes, max_output_bytes=args.max_output_bytes)
-        ),
+    kernel_settings = AgentSettings(
+        limits=OutputLimits(max_stream_bytes=args.max_stream_bytes, max_output_bytes=args.max_output_bytes)
     )
+    try:
+        app = create_app(
+            root,
+            token=token,
+            state_dir=args.state_dir,
+            settings=settings,
+            limits=limits,
+            compact_after_updates=args.compact_after,
+            allowed_origins=args.allow_origin,
+            kernel_settings=kernel_settings,
+            kernel_sandbox=args.kernel_sandbox,
+        )
+    except SandboxUnavailable as exc:
+        print(f"crdtnb: --kernel-sandbox {args.kernel_sandbox}: {exc}", file=sys.stderr)
+        return 2
     sync: NotebookSync = app.state.sync
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"crdtnb serving {sync.files.root} (state in {sync.state_dir})", flush=True)

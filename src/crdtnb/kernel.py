@@ -25,6 +25,7 @@ from .notebook import KERNEL_STATUS_KEY as STATUS_KEY
 from .outputs import OutputLimits, OutputWriter
 from .room import Room
 from .rooms import RoomManager
+from .sandbox import BwrapSandbox
 
 logger = logging.getLogger("crdtnb.kernel")
 
@@ -44,6 +45,7 @@ class AgentSettings:
     startup_timeout: float = 60.0
     liveness_interval: float = 0.5  # how often a running kernel is checked for death
     limits: OutputLimits = field(default_factory=OutputLimits)
+    sandbox: BwrapSandbox | None = None  # where kernels run; None: as the daemon's own user, unconfined
 
 
 class KernelDied(Exception):
@@ -238,7 +240,8 @@ class KernelAgent:
     async def _start_kernel(self) -> None:
         self.kernel_name = self._kernel_spec_name()
         self._set_status(KernelStatus.STARTING)
-        km = AsyncKernelManager(kernel_name=self.kernel_name)
+        sandbox = self.settings.sandbox
+        km = sandbox.kernel_manager(kernel_name=self.kernel_name) if sandbox else AsyncKernelManager(kernel_name=self.kernel_name)
         km.shutdown_wait_time = 3.0
         try:
             await km.start_kernel(cwd=str(self.cwd))
