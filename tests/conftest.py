@@ -51,11 +51,19 @@ def read_sources(path: Path) -> list[str]:
 class Daemon:
     """``crdtnb serve`` as a child process, started and stopped by the test."""
 
-    def __init__(self, root: Path, *args: str, token: str = TOKEN, state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *args: str,
+        token: str = TOKEN,
+        state_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.args = list(args)
         self.token = token
         self.state_dir = state_dir
+        self.env = env  # variables set on top of the test's environment
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root.parent / f"daemon-{self.port}.log"
@@ -67,7 +75,8 @@ class Daemon:
             cmd += ["--state-dir", str(self.state_dir)]
         cmd += self.args
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **self.env} if self.env else None
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -98,9 +107,11 @@ class Daemon:
         self.process.wait(10)
         self.process = None
 
-    def restart(self) -> Daemon:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def restart(self, same_port: bool = False) -> Daemon:
+        """Start again, on a new port unless ``same_port`` (where clients reconnect)."""
+        if not same_port:
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
         return self.start()
 
     async def connect(self, path: str, **kwargs: Any) -> NotebookClient:
