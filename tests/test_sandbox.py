@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from crdtnb.client import NotebookClient
+from crdtnb.client import NotebookClient, SyncClosed
 from crdtnb.sandbox import SandboxUnavailable, choose_sandbox
 from crdtnb.users import Role, UserStore
 
@@ -52,7 +52,7 @@ def layout(root: Path) -> Path:
     write_notebook(root / "team" / "work.ipynb", ["print('hello')"])
     write_notebook(root / "other" / "private.ipynb", [f"secret = '{CANARY}'"])
     store = UserStore(root / ".crdtnb")
-    store.add("tess", Role.EDITOR, PASSWORD)  # an editor, and a runner on team/* only
+    store.add("tess", Role.VIEWER, PASSWORD)  # a viewer, and a runner on team/* only
     store.set_role("tess", Role.RUNNER, "team/*")
     store.add("rita", Role.RUNNER, PASSWORD)  # a runner everywhere
     return root
@@ -241,6 +241,38 @@ async def test_a_runner_on_some_paths_runs_code_only_there(sandboxed: Daemon, la
         await each.close()
 
 
+@needs_bwrap
+async def test_symlinks_made_by_a_kernel_do_not_lead_the_daemon_out_of_its_directory(sandboxed: Daemon, layout: Path) -> None:
+    """The kernel may write symlinks next to its notebook; the daemon, which sees all
+    of ROOT, must not follow them: else a runner on team/* runs code in other/ or
+    edits other/'s notebooks under a team/ name."""
+    token = UserStore(layout / ".crdtnb").new_token("tess")
+    headers = {"Authorization": f"token {token}"}
+    client = await sandboxed.connect("team/work.ipynb", token=token)
+    outputs = await _run(
+        client,
+        "import os\n"
+        "os.symlink('../other', 'link')\n"
+        "os.symlink('../other/private.ipynb', 'steal.ipynb')\n"
+        "os.symlink('../.crdtnb/session.key', 'key.ipynb')\n"
+        "print(sorted(os.listdir('.')))",
+    )
+    assert "'link'" in _stdout(outputs)
+    private = layout / "other" / "private.ipynb"
+    before = private.read_bytes()
+    for path in ("team/link/private.ipynb", "team/steal.ipynb", "team/key.ipynb"):
+        assert httpx.get(f"{sandboxed.url}/api/notebooks/{path}", headers=headers).status_code == 400, path
+        for action in ("execute", "restart"):
+            response = httpx.post(f"{sandboxed.url}/api/notebooks/{path}/{action}", json={"cell_ids": []}, headers=headers)
+            assert response.status_code == 400, (path, action, response.text)
+        with pytest.raises(SyncClosed) as refused:
+            await sandboxed.connect(path, token=token, reconnect=False)
+        assert refused.value.code == 4400
+    assert sorted(p.name for p in (layout / "other").iterdir()) == ["private.ipynb"]
+    assert private.read_bytes() == before
+    await client.close()
+
+
 async def test_without_the_sandbox_path_limited_runners_are_refused(daemon_factory: Any, layout: Path) -> None:
     daemon = daemon_factory("--kernel-sandbox", "none")
     assert "kernels are NOT isolated (--kernel-sandbox none)" in daemon.log()
@@ -257,7 +289,7 @@ async def test_without_the_sandbox_path_limited_runners_are_refused(daemon_facto
         )
         assert response.status_code == 403, (action, response.text)
     assert (await client.kernel())["status"] == "none"
-    # She can still edit there (her editor role is untouched) ...
+    # She can still edit there (her role on team/* includes editing) ...
     client.insert_text(cell, 0, "# tess\n")
     await client.roundtrip()
     assert client.permission_denied is None

@@ -74,11 +74,18 @@ class NotebookFiles:
         return pure.as_posix()
 
     def resolve(self, path: str) -> Path:
-        """The real file for a room name, refusing anything that leaves the root (symlinks too)."""
+        """The real file for a room name, refusing anything that leaves the root (symlinks too).
+
+        A symlink inside the root is refused as well: access is granted by name (and a
+        kernel's directory follows from it), so the name must be where the file is.
+        Code run in a sandboxed kernel can make symlinks next to its notebook."""
         name = self.normalize(path)
-        real = (self.root / name).resolve()
+        lexical = self.root / name
+        real = lexical.resolve()
         if not real.is_relative_to(self.root):
             raise PathError("path leads outside the notebook root")
+        if real != lexical:
+            raise PathError("path goes through a symbolic link")
         return real
 
     def exists(self, path: str) -> bool:
