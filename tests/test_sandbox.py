@@ -3,11 +3,13 @@ real ipykernel and the real bwrap: what a cell may and may not reach."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from crdtnb.client import NotebookClient, SyncClosed
 from crdtnb.sandbox import SandboxUnavailable, choose_sandbox
 from crdtnb.users import Role, UserStore
 
-from .conftest import Daemon, eventually, write_notebook
+from .conftest import Daemon, eventually, read_sources, write_notebook
 
 RUN_TIMEOUT = 90
 PASSWORD = "correct horse battery"
@@ -271,6 +273,47 @@ async def test_symlinks_made_by_a_kernel_do_not_lead_the_daemon_out_of_its_direc
     assert sorted(p.name for p in (layout / "other").iterdir()) == ["private.ipynb"]
     assert private.read_bytes() == before
     await client.close()
+
+
+SWAPPER = """
+import os, threading, time
+def swap(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        os.rename('sub', 'sub.real'); os.symlink('../other', 'sub')
+        time.sleep(0.0005)
+        os.unlink('sub'); os.rename('sub.real', 'sub')
+        time.sleep(0.0005)
+swapper = threading.Thread(target=swap, args=(SECONDS,))
+swapper.start()
+"""
+
+
+@needs_bwrap
+async def test_a_link_swapped_in_while_the_daemon_saves_does_not_redirect_the_save(daemon_factory: Any, layout: Path, home: Path) -> None:
+    """The kernel flips team/sub between a directory and a link to ../other while the
+    daemon keeps saving team/sub/x.ipynb: no save may land in other/."""
+    daemon = daemon_factory("--kernel-sandbox", "bwrap", "--save-delay", "0.02", env={"HOME": str(home)})
+    write_notebook(layout / "team" / "sub" / "x.ipynb", ["start"])
+    attacked = await daemon.connect("team/sub/x.ipynb")
+    attacker = await daemon.connect("team/work.ipynb")
+    seconds = 8
+    await _run(attacker, f"SECONDS = {seconds}\n" + SWAPPER)
+    cell = attacked.cell_ids()[0]
+    deadline = time.monotonic() + seconds
+    edits = 0
+    while time.monotonic() < deadline:
+        attacked.insert_text(cell, 0, f"{edits};")
+        edits += 1
+        await asyncio.sleep(0.03)  # past the save delay: every edit is a save
+    assert _stdout(await _run(attacker, "swapper.join(); print(os.path.islink('sub'))")) == "False\n"
+    assert sorted(p.name for p in (layout / "other").iterdir()) == ["private.ipynb"]
+    # The saves that found a directory went where they belong.
+    await attacked.roundtrip()
+    await attacked.close()
+    assert daemon.stop() == 0
+    assert read_sources(layout / "team" / "sub" / "x.ipynb")[0].startswith(f"{edits - 1};")
+    await attacker.close()
 
 
 async def test_without_the_sandbox_path_limited_runners_are_refused(daemon_factory: Any, layout: Path) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -95,9 +99,12 @@ class NotebookFiles:
         """Read and validate a notebook; upgrade it to nbformat 4."""
         real = self.resolve(path)
         try:
-            st = real.stat()
-            data = real.read_bytes()
-        except (FileNotFoundError, IsADirectoryError) as exc:
+            with self._directory(path) as directory:
+                fd = os.open(real.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=directory)
+                with os.fdopen(fd, "rb") as handle:
+                    st = os.fstat(handle.fileno())
+                    data = handle.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise NotebookNotFound(f"no notebook at {path}") from exc
         stamp = FileStamp(st.st_mtime_ns, st.st_size, sha256_bytes(data))
         try:
@@ -116,21 +123,55 @@ class NotebookFiles:
         except Exception as exc:
             raise InvalidNotebook(f"refusing to save {path}: {_first_line(exc)}") from exc
         data = (nbformat.writes(node) + "\n").encode("utf-8")
-        real.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if real.exists():
-                os.chmod(tmp, real.stat().st_mode & 0o777)
-            os.replace(tmp, real)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        st = real.stat()
+        with self._directory(path, create=True) as directory:
+            tmp = f".{real.name}.{secrets.token_hex(6)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=directory)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    try:
+                        current = os.stat(real.name, dir_fd=directory, follow_symlinks=False)
+                        os.fchmod(handle.fileno(), current.st_mode & 0o777)
+                    except FileNotFoundError:
+                        pass
+                os.replace(tmp, real.name, src_dir_fd=directory, dst_dir_fd=directory)
+            except BaseException:
+                try:
+                    os.unlink(tmp, dir_fd=directory)
+                except FileNotFoundError:
+                    pass
+                raise
+            st = os.stat(real.name, dir_fd=directory, follow_symlinks=False)
         return FileStamp(st.st_mtime_ns, st.st_size, sha256_bytes(data))
+
+    @contextmanager
+    def _directory(self, path: str, create: bool = False) -> Iterator[int]:
+        """A descriptor of the notebook's directory, reached from the root one name at
+        a time without following symbolic links: a link swapped in after ``resolve``
+        (a kernel can make them next to its notebook) cannot redirect a read or write."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in PurePosixPath(self.normalize(path)).parent.parts:
+                if create:
+                    try:
+                        os.mkdir(part, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(
+                        os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+                    ):
+                        raise PathError("path goes through a symbolic link") from exc
+                    raise
+                os.close(fd)
+                fd = inner
+            yield fd
+        finally:
+            os.close(fd)
 
     def create(self, path: str) -> dict[str, Any]:
         """Create an empty notebook; FileExistsError if one is there."""
