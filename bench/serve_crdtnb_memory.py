@@ -75,7 +75,15 @@ def main() -> None:
         store=MemoryStore(),
         settings=RoomSettings(idle_timeout=args.idle_timeout),
     )
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", ws_max_size=16 * 2**20, lifespan="on")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        ws_max_size=16 * 2**20,
+        ws_per_message_deflate=False,  # as `crdtnb serve`: the two differ only in the store
+        lifespan="on",
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,11 @@ class Daemon:
         *args: str,
         token: str = TOKEN,
         state_dir: Path | None = None,
+        preexec_fn: Callable[[], Any] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
+        self.preexec_fn = preexec_fn  # e.g. resource limits for the child
         self.args = list(args)
         self.token = token
         self.state_dir = state_dir
@@ -76,7 +78,7 @@ class Daemon:
         cmd += self.args
         log = open(self.log_path, "ab")
         env = {**os.environ, **self.env} if self.env else None
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -45,7 +45,8 @@ class AccountAuth:
             account = self.users.account_for_token(token)
             return User(account.name, account.name) if account else None
         session = self.signer.read(conn.cookies.get(COOKIE_NAME))
-        if session is None or self.users.get(session.user) is None:
+        # The session must still be on record: logout, passwd, revoke-tokens and remove end it.
+        if session is None or self.users.session_user(session.id) != session.user:
             return None
         return User(session.user, session.user, csrf=session.csrf)
 
@@ -62,5 +63,6 @@ class AccountAuth:
         if role is None or role < REQUIRED_ROLE[action]:
             return False
         if action is Action.EXECUTE and not self.kernels_isolated:
-            return (self.role(user, "") or Role.VIEWER) >= Role.RUNNER
+            global_role = self.role(user, "")
+            return global_role is not None and global_role >= Role.RUNNER
         return True

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router, WebSocketRoute
@@ -28,9 +29,10 @@ from starlette.websockets import WebSocket
 
 from .accounts import AccountAuth
 from .auth import Action, Authenticate, Authorize, User, allow_all, call_hook
+from .bodies import capped
+from .connections import ConnectionRegistry, watch_changes
 from .fanout import Fanout
 from .files import InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
-from .notebook import export_notebook
 from .kernel import AgentSettings, KernelAgents
 from .login import login_routes
 from .pages import page_routes
@@ -44,6 +46,7 @@ from .users import UserStore
 logger = logging.getLogger("crdtnb.app")
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+MAX_CELLS_PER_REQUEST = 10_000
 NOT_STARTED = (
     "crdtnb is not started: run its lifespan in the host app "
     "(Starlette(..., lifespan=sync.lifespan)); Starlette does not run lifespans of mounted apps"
@@ -54,18 +57,29 @@ Handler = Callable[["NotebookSync", Request, str], Awaitable[Response]]
 
 
 def _api(action: Action) -> Callable[[Handler], Callable[["NotebookSync", Request], Awaitable[Response]]]:
-    """An API endpoint: authenticate, authorize ``action`` on the notebook path of the
-    URL (the server itself when there is none), and turn file errors into statuses."""
+    """An API endpoint: authenticate, authorize ``action`` on the notebook the URL
+    names (in its canonical spelling: the one every action then uses; the server
+    itself when there is none), and turn errors into statuses."""
 
     def wrap(handler: Handler) -> Callable[[NotebookSync, Request], Awaitable[Response]]:
         @functools.wraps(handler)
         async def endpoint(self: NotebookSync, request: Request) -> Response:
-            path = request.path_params.get("path", "")
+            raw = request.path_params.get("path")
+            path = ""
+            if raw is not None:
+                try:
+                    path = self.files.canonical(raw)
+                except PathError as exc:
+                    # Authenticate first: a stranger learns nothing about paths.
+                    checked = await self._check_http(request, "", Action.READ, authorize=False)
+                    return checked if isinstance(checked, Response) else _error(400, str(exc))
             checked = await self._check_http(request, path, action)
             if isinstance(checked, Response):
                 return checked
             try:
                 return await handler(self, request, path)
+            except HTTPException:
+                raise  # e.g. the body limit's 413: Starlette answers it
             except Exception as exc:
                 return _file_error(exc)
 
@@ -117,6 +131,7 @@ class NotebookSync:
         self.kernels = KernelAgents(self.rooms, replace(kernel_settings or AgentSettings(), sandbox=sandbox))
         self._log_isolation(sandbox_note)
         self.limits = limits or TransportLimits()
+        self.connections = ConnectionRegistry(self.authenticate, self.authorize)
         self.started = False
         self._connections = 0
         self._router = Router(routes=self.routes)
@@ -126,30 +141,39 @@ class NotebookSync:
         login: list[BaseRoute] = []
         if self.accounts is not None:
             login = login_routes(self.accounts.users, self.accounts.signer, self.login_limiter, self.origin_allowed)
-        return login + [
+        return capped(login + [
             Route("/api/session", self.session, methods=["GET"]),
             WebSocketRoute("/api/sync/{path:path}", _RawASGI(self.sync_endpoint)),
             Route("/api/health", self.health, methods=["GET"]),
             Route("/api/notebooks", self.list_notebooks, methods=["GET"]),
-            # Kernel routes come before the catch-all notebook routes.
+            # Action routes come before the catch-all notebook routes.
+            Route("/api/notebooks/{path:path}/save", self.save_notebook, methods=["POST"]),
             Route("/api/notebooks/{path:path}/execute", self.execute, methods=["POST"]),
-            Route("/api/notebooks/{path:path}/interrupt", self.kernel_action, methods=["POST"]),
-            Route("/api/notebooks/{path:path}/restart", self.kernel_action, methods=["POST"]),
-            Route("/api/notebooks/{path:path}/shutdown", self.kernel_action, methods=["POST"]),
+            Route("/api/notebooks/{path:path}/interrupt", self.interrupt, methods=["POST"]),
+            Route("/api/notebooks/{path:path}/restart", self.restart, methods=["POST"]),
+            Route("/api/notebooks/{path:path}/shutdown", self.shutdown, methods=["POST"]),
             Route("/api/notebooks/{path:path}/kernel", self.kernel_status, methods=["GET"]),
             Route("/api/notebooks/{path:path}", self.get_notebook, methods=["GET"]),
             Route("/api/notebooks/{path:path}", self.create_notebook, methods=["POST"]),
             *page_routes(),
-        ]
+        ])
 
     @asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
         await self.store.start()
         self.started = True
+        watcher: asyncio.Task[None] | None = None
+        if self.accounts is not None:
+            # `crdtnb users …` changes access from another process: notice it within 0.25 s.
+            changes = self.accounts.users.watch()
+            watcher = asyncio.create_task(watch_changes(changes.changed, self.recheck_connections))
         try:
             yield
         finally:
             self.started = False
+            if watcher is not None:
+                watcher.cancel()
+                changes.close()
             await self.kernels.close()
             await self.rooms.close()
             await self.store.close()
@@ -193,7 +217,7 @@ class NotebookSync:
         own = f"{scheme}://{conn.headers.get('host', '')}"
         return hmac.compare_digest(origin, own) or origin in self.allowed_origins
 
-    async def _check_http(self, request: Request, path: str, action: Action) -> User | Response:
+    async def _check_http(self, request: Request, path: str, action: Action, authorize: bool = True) -> User | Response:
         if not self.started:
             return _error(503, NOT_STARTED)
         user = await self._user(request)
@@ -205,7 +229,7 @@ class NotebookSync:
                 return _error(403, "cross-site request refused")
             if not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), user.csrf):
                 return _error(403, "missing or wrong X-CSRF-Token header")
-        if not await self._allowed(user, path, action):
+        if authorize and not await self._allowed(user, path, action):
             return _error(403, f"{user.name} may not {action.value} {path or 'this server'}")
         return user
 
@@ -222,13 +246,13 @@ class NotebookSync:
             # Cross-site websocket hijacking: a foreign page riding on a user's cookie.
             await websocket.close(CloseCode.FORBIDDEN, "origin not allowed")
             return
+        seen = self.connections.generation  # before authenticating: see ConnectionRegistry.track
         user = await self._user(websocket)
         if user is None:
             await websocket.close(CloseCode.UNAUTHENTICATED, "authentication required")
             return
         try:
-            name = self.files.normalize(path)
-            self.files.resolve(name)
+            name = self.files.canonical(path)
         except PathError as exc:
             await websocket.close(CloseCode.BAD_PATH, str(exc))
             return
@@ -248,14 +272,29 @@ class NotebookSync:
         except PathError as exc:
             await websocket.close(CloseCode.BAD_PATH, str(exc))
             return
+        except Exception:
+            logger.exception("opening %s failed", name)
+            await websocket.close(CloseCode.INTERNAL_ERROR, "the notebook could not be opened")
+            return
         self._connections += 1
         client = websocket.client
         label = f"{name} {user.name}@{client.host}:{client.port}" if client else f"{name} {user.name}"
         try:
-            await run_peer(websocket, send, room, user=user, can_write=can_write, limits=self.limits, label=label)
+            with self.connections.track(scope, user, name, can_write, seen) as tracked:
+                await run_peer(
+                    websocket, send, room, user=user, can_write=can_write, limits=self.limits, label=label, on_open=tracked.attach
+                )
         finally:
             self._connections -= 1
             self.rooms.release(room)
+
+    async def recheck_connections(self) -> int:
+        """Authenticate and authorize every open websocket again, and close those
+        that lost access (4401: no longer authenticated; 4403: may no longer read,
+        or no longer write). The daemon's own accounts do this on every change;
+        a host with its own hooks calls it after changing who may do what.
+        Returns how many connections were closed."""
+        return await self.connections.recheck()
 
     # -- REST ----------------------------------------------------------------------
 
@@ -297,12 +336,26 @@ class NotebookSync:
     @_api(Action.READ)
     async def get_notebook(self, request: Request, path: str) -> Response:
         async with self.rooms.hold(path) as room:
-            return JSONResponse(export_notebook(room.doc))
+            # Cell exports are cached; the ones that changed are computed in slices.
+            await room.index.warm()
+            return Response(room.index.export_json(), media_type="application/json")
 
     @_api(Action.WRITE)
     async def create_notebook(self, request: Request, path: str) -> Response:
         nb = await asyncio.to_thread(self.files.create, path)
-        return JSONResponse({"path": self.files.normalize(path), "notebook": nb}, status_code=201)
+        return JSONResponse({"path": path, "notebook": nb}, status_code=201)
+
+    @_api(Action.WRITE)
+    async def save_notebook(self, request: Request, path: str) -> Response:
+        """Write the notebook to its file now (Ctrl+S)."""
+        async with self.rooms.hold(path) as room:
+            file_sync = self.rooms.file_sync(room.name)
+            assert file_sync is not None
+            await room.flushed()
+            saved_at = await file_sync.save()
+            if saved_at is None:
+                return _error(409, file_sync.error or "the notebook could not be saved")
+            return JSONResponse({"saved_at": saved_at})
 
     # -- kernels -------------------------------------------------------------------
 
@@ -315,14 +368,24 @@ class NotebookSync:
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             return _error(400, 'expected a JSON body {"cell_ids": ["<cell id>", ...]}')
+        if len(cell_ids) > MAX_CELLS_PER_REQUEST:
+            return _error(413, f"at most {MAX_CELLS_PER_REQUEST} cells per request")
         queued = await self.kernels.execute(path, cell_ids)
         return JSONResponse({"queued": queued, **self.kernels.status(path)}, status_code=202)
 
     @_api(Action.EXECUTE)
-    async def kernel_action(self, request: Request, path: str) -> Response:
-        action = request.url.path.rsplit("/", 1)[-1]
-        self.files.normalize(path)
-        await getattr(self.kernels, action)(path)
+    async def interrupt(self, request: Request, path: str) -> Response:
+        await self.kernels.interrupt(path)
+        return JSONResponse(self.kernels.status(path))
+
+    @_api(Action.EXECUTE)
+    async def restart(self, request: Request, path: str) -> Response:
+        await self.kernels.restart(path)
+        return JSONResponse(self.kernels.status(path))
+
+    @_api(Action.EXECUTE)
+    async def shutdown(self, request: Request, path: str) -> Response:
+        await self.kernels.shutdown(path)
         return JSONResponse(self.kernels.status(path))
 
     @_api(Action.READ)
@@ -354,8 +417,9 @@ def _file_error(exc: Exception) -> Response:
         return _error(409, str(exc))
     if isinstance(exc, InvalidNotebook):
         return _error(422, str(exc))
+    # Anything else is our fault: logged in full, answered without internals.
     logger.exception("request failed")
-    return _error(500, f"{type(exc).__name__}: {exc}")
+    return _error(500, "internal error (logged by the server)")
 
 
 def create_app(

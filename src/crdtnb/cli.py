@@ -6,7 +6,6 @@ import argparse
 import getpass
 import logging
 import os
-import re
 import secrets
 import signal
 import sys
@@ -34,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--compact-after", type=int, default=1000, help="updates in a room's log before it is compacted into one snapshot")
     serve.add_argument("--max-stream-bytes", type=int, default=2**20, help="cap of one stream output (beginning and latest output kept)")
     serve.add_argument("--max-output-bytes", type=int, default=8 * 2**20, help="cap of any other single output (replaced by a note)")
+    serve.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send complete request headers before its connection is closed")
+    serve.add_argument("--max-connections", type=int, default=None, help="open connections (HTTP and websocket) before new ones get 503 (default: from the file-descriptor limit)")
     serve.add_argument(
         "--kernel-sandbox",
         choices=["auto", "bwrap", "none"],
@@ -63,18 +64,18 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     add.add_argument("--role", required=True, choices=[r.label for r in Role])
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     place(actions.add_parser("list", help="users, their roles and path roles"))
-    remove = place(actions.add_parser("remove", help="delete a user, their tokens and path roles"))
+    remove = place(actions.add_parser("remove", help="delete a user, their tokens, sessions and path roles"))
     remove.add_argument("name")
     role = place(actions.add_parser("role", help="set a user's global role, or their role on paths matching a pattern"))
     role.add_argument("name")
     role.add_argument("role", choices=[r.label for r in Role])
     role.add_argument("--path", default=None, help="glob pattern of notebook paths, e.g. 'team/*.ipynb'")
-    passwd = place(actions.add_parser("passwd", help="change a password"))
+    passwd = place(actions.add_parser("passwd", help="change a password (ends the user's sessions)"))
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true")
     token = place(actions.add_parser("token", help="print a new API token for a user (last line)"))
     token.add_argument("name")
-    revoke = place(actions.add_parser("revoke-tokens", help="revoke every API token of a user"))
+    revoke = place(actions.add_parser("revoke-tokens", help="revoke every API token of a user and end their sessions"))
     revoke.add_argument("name")
 
 
@@ -120,25 +121,12 @@ def _users(args: argparse.Namespace) -> int:
             print(f"API token for {args.name} (shown once; send it as 'Authorization: token …'):")
             print(token)
         elif args.action == "revoke-tokens":
-            print(f"revoked {store.revoke_tokens(args.name)} token(s) of {args.name}")
+            tokens, sessions = store.revoke_tokens(args.name)
+            print(f"revoked {tokens} token(s) and ended {sessions} session(s) of {args.name}")
     except UserError as exc:
         print(f"crdtnb: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-_TOKEN_IN_URL = re.compile(r"((?:^|[?&])token=)[^&\s\"]*")
-
-
-class RedactTokens(logging.Filter):
-    """Keep ?token=… out of uvicorn's access and websocket logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN_IN_URL.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg for arg in record.args
-            )
-        return True
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -150,6 +138,13 @@ def _serve(args: argparse.Namespace) -> int:
     from .outputs import OutputLimits
     from .rooms import RoomSettings
     from .sandbox import SandboxUnavailable
+    from .server import (
+        ConnectionLimits,
+        default_max_connections,
+        guarded_http_protocol,
+        raise_fd_limit,
+        redact_uvicorn_logs,
+    )
     from .transport import TransportLimits
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -183,15 +178,27 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"crdtnb: --kernel-sandbox {args.kernel_sandbox}: {exc}", file=sys.stderr)
         return 2
     sync: NotebookSync = app.state.sync
+    fd_limit = raise_fd_limit()
+    max_connections = args.max_connections or default_max_connections(fd_limit)
+    if max_connections > fd_limit - 64:
+        logging.getLogger("crdtnb").warning(
+            "--max-connections %d leaves under 64 of %d file descriptors for files and kernels", max_connections, fd_limit
+        )
+    connection_limits = ConnectionLimits(header_timeout=args.header_timeout, max_connections=max_connections)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"crdtnb serving {sync.files.root} (state in {sync.state_dir})", flush=True)
+    print(f"accepting up to {max_connections} connections ({fd_limit} file descriptors)", flush=True)
     print(f"open http://{host}:{args.port}/?token={token}", flush=True)
     config = uvicorn.Config(
         app,
+        http=guarded_http_protocol(connection_limits),
         host=args.host,
         port=args.port,
         log_level=args.log_level.lower(),
         ws_max_size=args.max_frame_bytes,
+        # Compression would cost one deflate per relayed update per peer (a quarter of
+        # the daemon's CPU at 100 clients x 200 updates/s), for small binary updates.
+        ws_per_message_deflate=False,
         lifespan="on",
     )
     # uvicorn handles SIGINT/SIGTERM (graceful shutdown: every room flushed) and
@@ -205,8 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     server = uvicorn.Server(config)
     config.load()  # configures uvicorn's loggers; the filter goes on after that
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(RedactTokens())
+    redact_uvicorn_logs()
     server.run()
     return 0 if server.started else 1
 

@@ -1,7 +1,7 @@
 """The kernel agent: runs a room's cells in one Jupyter kernel and writes every
 iopub message into the room's document.
 
-It is the only writer of outputs (REFERENCE §4): one ordered reader of the
+It is the only writer of outputs (docs/outputs.md): one ordered reader of the
 kernel's iopub channel feeds an ``OutputWriter`` in batches, one transaction
 per batch, so every client sees outputs through ordinary sync, whether or not
 anyone is connected.
@@ -21,11 +21,12 @@ from typing import Any
 from jupyter_client.manager import AsyncKernelManager
 from pycrdt import Map
 
-from .notebook import KERNEL_STATUS_KEY as STATUS_KEY
 from .outputs import OutputLimits, OutputWriter
 from .room import Room
 from .rooms import RoomManager
 from .sandbox import BwrapSandbox
+from .schema import KERNEL_STATUS as STATUS_KEY
+from .schema import meta_of, state_of
 
 logger = logging.getLogger("crdtnb.kernel")
 
@@ -63,7 +64,7 @@ class KernelAgent:
         self.room = room
         self.cwd = cwd
         self.settings = settings or AgentSettings()
-        self.writer = OutputWriter(room.doc, self.settings.limits)
+        self.writer = OutputWriter(room.doc, self.settings.limits, index=room.index)
         self.queue: list[str] = []
         self.running: str | None = None
         self.status = KernelStatus.NONE
@@ -91,13 +92,16 @@ class KernelAgent:
     def execute(self, cell_ids: list[str]) -> list[str]:
         """Queue code cells in the given order; return the ones queued."""
         queued = []
+        waiting = set(self.queue)
         with self.room.doc.transaction():
             for cell_id in cell_ids:
                 cell = self.writer.find_cell(cell_id)
-                if cell is None or cell.get("cell_type") != "code" or cell_id in self.queue:
+                if cell is None or cell.get("cell_type") != "code" or cell_id in waiting:
                     continue
                 self.queue.append(cell_id)
+                waiting.add(cell_id)
                 queued.append(cell_id)
+                self.room.guard.running.add(cell_id)
                 self.writer.set_execution_state(cell_id, "running")
         if queued and (self._runner is None or self._runner.done()):
             self._runner = asyncio.create_task(self._run_queue(), name=f"kernel-queue:{self.room.name}")
@@ -129,6 +133,11 @@ class KernelAgent:
             cell_id = self.queue.pop(0)
             cell = self.writer.find_cell(cell_id)
             if cell is None or cell.get("cell_type") != "code":
+                self.room.guard.running.discard(cell_id)
+                continue
+            source = str(cell["source"])
+            if not source.strip():
+                self._skip_empty(cell_id)
                 continue
             try:
                 if self._km is not None and not await self._km.is_alive():
@@ -136,7 +145,7 @@ class KernelAgent:
                     await self._stop_kernel(dead=True)
                 if self._km is None:
                     await self._start_kernel()
-                reply = await self._run_cell(cell_id, str(cell["source"]))
+                reply = await self._run_cell(cell_id, source)
             except KernelDied as exc:
                 self._kernel_died(cell_id, str(exc))
                 return
@@ -147,6 +156,18 @@ class KernelAgent:
             if reply.get("status") != "ok":
                 # An error stops the rest of the queue.
                 self._drop_queue()
+
+    def _skip_empty(self, cell_id: str) -> None:
+        """An empty cell is not sent to the kernel, as in JupyterLab and nbclient: its
+        outputs are cleared and it keeps no execution count."""
+        with self.room.doc.transaction():
+            self.writer.start_cell(cell_id)
+            cell = self.writer.find_cell(cell_id)
+            if cell is not None and cell.get("execution_count") is not None:
+                cell["execution_count"] = None
+            self.writer.set_execution_state(cell_id, "idle")
+        self.writer.forget(cell_id)
+        self.room.guard.running.discard(cell_id)
 
     async def _run_cell(self, cell_id: str, source: str) -> dict[str, Any]:
         assert self._kc is not None
@@ -173,6 +194,7 @@ class KernelAgent:
             self.running = None
             self.writer.forget(cell_id)
             self._idle.pop(msg_id, None)
+            self.room.guard.running.discard(cell_id)
 
     async def _shell_reply(self, msg_id: str) -> dict[str, Any]:
         assert self._kc is not None and self._km is not None
@@ -188,6 +210,7 @@ class KernelAgent:
 
     def _drop_queue(self) -> None:
         dropped, self.queue = self.queue, []
+        self.room.guard.running.difference_update(dropped)
         if dropped:
             with self.room.doc.transaction():
                 for cell_id in dropped:
@@ -201,6 +224,7 @@ class KernelAgent:
         self._runner = None
         if running is not None:
             self._flush()
+            self.room.guard.running.discard(running)
             with self.room.doc.transaction():
                 self.writer.set_execution_state(running, "idle")
 
@@ -231,8 +255,7 @@ class KernelAgent:
     # -- kernel process -----------------------------------------------------------------------
 
     def _kernel_spec_name(self) -> str:
-        meta = self.room.doc.get("meta", type=Map)
-        metadata = meta.get("metadata")
+        metadata = meta_of(self.room.doc).get("metadata")
         spec = metadata.get("kernelspec") if isinstance(metadata, Map) else None
         name = spec.get("name") if isinstance(spec, dict) else None
         return str(name) if name else self.settings.default_kernel
@@ -320,7 +343,7 @@ class KernelAgent:
 
     def _set_status(self, status: KernelStatus) -> None:
         self.status = status
-        state = self.room.doc.get("state", type=Map)
+        state = state_of(self.room.doc)
         if state.get(STATUS_KEY) != status.value:
             state[STATUS_KEY] = status.value
 
@@ -336,16 +359,18 @@ class KernelAgents:
         self._lock = asyncio.Lock()
 
     def get(self, path: str) -> KernelAgent | None:
-        return self._agents.get(self.rooms.files.normalize(path))
+        return self._agents.get(self.rooms.files.canonical(path))
 
     async def agent(self, path: str) -> KernelAgent:
         """The room's agent, created (holding the room) if needed."""
-        name = self.rooms.files.normalize(path)
+        # The name as the caller authorized it, and its directory checked to be that
+        # name's: a symbolic link swapped in since must not move the kernel elsewhere.
+        name = self.rooms.files.exact(path)
         async with self._lock:
             agent = self._agents.get(name)
             if agent is None:
                 room = await self.rooms.acquire(name)
-                cwd = self.rooms.files.resolve(name).parent
+                cwd = self.rooms.files.locate(name).parent
                 agent = KernelAgent(room, cwd, self.settings, on_dead=self._on_dead)
                 self._agents[name] = agent
                 self._died.discard(name)
@@ -354,7 +379,7 @@ class KernelAgents:
     def status(self, path: str) -> dict[str, Any]:
         agent = self.get(path)
         if agent is None:
-            dead = self.rooms.files.normalize(path) in self._died
+            dead = self.rooms.files.canonical(path) in self._died
             status = KernelStatus.DEAD if dead else KernelStatus.NONE
             return {"status": status.value, "kernel": None, "running": None, "queue": []}
         return agent.info()

@@ -35,6 +35,10 @@ class ProtocolError(ValueError):
     """A frame that breaks the protocol; the connection that sent it is closed."""
 
 
+class PolicyViolation(ProtocolError):
+    """A well-formed frame that breaks a limit of the server (closed with 1008)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SyncStep1:
     state_vector: bytes

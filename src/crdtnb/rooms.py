@@ -9,17 +9,27 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from pycrdt import Doc
+from pycrdt import Doc, Map
 
 from .fanout import Fanout, LocalFanout
-from .files import NotebookFiles
+from .files import NotebookFiles, FileStamp
 from .filesync import FileSync
-from .notebook import load_notebook
+from .notebook import MIN_NBFORMAT_MINOR, load_notebook
+from .origins import SERVER
+from .outputs import OutputWriter
 from .room import Room
+from .schema import EXECUTION_STATE, FILE_ERROR, KERNEL_STATUS, CellIndex, meta_of, state_of
 from .store import Store
 
 logger = logging.getLogger("crdtnb.rooms")
+
+# The note a cell gets when the daemon stopped while it ran (its kernel went with it).
+CUT_OFF = (
+    "KernelLost",
+    "The kernel was lost: the server stopped while this cell was running. Run it again.",
+)
 
 
 @dataclass
@@ -44,6 +54,43 @@ class _OpenRoom:
         self.compacted_at = -math.inf
 
 
+class _KeyedLocks:
+    """One asyncio.Lock per key, forgotten when nobody holds or awaits it (a table of
+    every name ever asked for would grow without bound)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+@dataclass
+class _Loaded:
+    doc: Doc
+    index: CellIndex
+    nb: dict[str, Any]
+    stamp: FileStamp
+    fresh: bool
+    cut_off: list[str]  # cells that were running when the daemon stopped
+
+
 class RoomManager:
     def __init__(
         self,
@@ -57,7 +104,7 @@ class RoomManager:
         self.fanout = fanout or LocalFanout()
         self.settings = settings or RoomSettings()
         self._open: dict[str, _OpenRoom] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = _KeyedLocks()
         self._closing = False
 
     @property
@@ -81,9 +128,9 @@ class RoomManager:
         """The room for a notebook path, loaded if needed; the caller must release() it."""
         if self._closing:
             raise RuntimeError("the server is shutting down")
-        name = self.files.normalize(path)
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        # The name as the caller checked it: a symbolic link swapped in since then is refused.
+        name = self.files.exact(path)
+        async with self._locks.hold(name):
             entry = self._open.get(name)
             if entry is None:
                 entry = await self._load(name)
@@ -106,27 +153,24 @@ class RoomManager:
             )
 
     async def _load(self, name: str) -> _OpenRoom:
-        doc = Doc()
         updates = await self.store.load(name)
-        fresh = not updates
-        if fresh:
-            nb, _ = await asyncio.to_thread(self.files.read, name)
-            load_notebook(doc, nb)
-        else:
-            # Raises if the file is gone or invalid: a room is only served for a real notebook.
-            await asyncio.to_thread(self.files.read, name)
-            with doc.transaction():
-                for update in updates:
-                    doc.apply_update(update)
-        room = Room(name, doc, self.store, self.fanout)
-        if fresh:
-            await self.store.append(name, [doc.get_update()])
+        # Raises if the file is gone or invalid: a room is only served for a real notebook.
+        nb, stamp = await asyncio.to_thread(self.files.read, name)
+        loaded = await asyncio.to_thread(_build_document, updates, nb, stamp)
+        room = Room(name, loaded.doc, self.store, self.fanout, loaded.index)
+        # Outputs the room holds now are legitimate: a peer may move their cells around.
+        await asyncio.to_thread(room.guard.learn_outputs)
+        if loaded.fresh:
+            await self.store.append(name, [loaded.doc.get_update()])
         room.start()
+        _settle_after_restart(room, loaded.cut_off)
         s = self.settings
         file_sync = await FileSync.open(
             room,
             self.files,
             self.store,
+            loaded.nb,
+            loaded.stamp,
             save_delay=s.save_delay,
             save_max_delay=s.save_max_delay,
             busy_save_max_delay=s.busy_save_max_delay,
@@ -135,7 +179,8 @@ class RoomManager:
         file_sync.start()
         entry = _OpenRoom(room, file_sync)
         room.on_change.append(lambda: self._maybe_compact(entry))
-        logger.info("opened room %s (%s)", name, "from file" if fresh else f"{len(updates)} stored updates")
+        origin = "from file" if loaded.fresh else f"{len(updates)} stored updates"
+        logger.info("opened room %s (%s)", name, origin)
         return entry
 
     def _maybe_compact(self, entry: _OpenRoom) -> None:
@@ -153,7 +198,7 @@ class RoomManager:
             logger.exception("compaction of %s failed", room.name)
 
     async def _evict(self, name: str, entry: _OpenRoom) -> None:
-        async with self._locks.setdefault(name, asyncio.Lock()):
+        async with self._locks.hold(name):
             if self._open.get(name) is not entry or entry.holders > 0:
                 return
             await self._close_entry(entry)
@@ -177,3 +222,49 @@ class RoomManager:
             except Exception:
                 logger.exception("closing room %s failed", name)
         self._open.clear()
+
+
+def _build_document(updates: list[bytes], nb: dict[str, Any], stamp: FileStamp) -> _Loaded:
+    """The room's document from its log (else from its file), built on a worker thread
+    before anyone shares it: the index is subscribed first, so it costs O(n), and every
+    cell's export is computed once here rather than on the event loop later."""
+    doc: Doc = Doc()
+    index = CellIndex(doc)
+    fresh = not updates
+    if fresh:
+        load_notebook(doc, nb)
+    else:
+        with doc.transaction():
+            for update in updates:
+                doc.apply_update(update)
+    cut_off = []
+    for entry in index:
+        entry.export()
+        if entry.ymap is not None and entry.ymap.get(EXECUTION_STATE) == "running" and entry.cell_id:
+            cut_off.append(entry.cell_id)
+    return _Loaded(doc, index, nb, stamp, fresh, cut_off)
+
+
+def _settle_after_restart(room: Room, cut_off: list[str]) -> None:
+    """What a previous run of the daemon left half-done: no kernel runs now, cells it
+    was running get a note instead of staying "running" forever, and the notebook is
+    4.5 (cell ids) from here on."""
+    doc = room.doc
+    state, meta = state_of(doc), meta_of(doc)
+    with doc.transaction(origin=SERVER):
+        if state.get(KERNEL_STATUS) not in (None, "none", "dead"):
+            state[KERNEL_STATUS] = "none"
+        if FILE_ERROR in state:
+            del state[FILE_ERROR]  # the file sync finds out afresh
+        minor = meta.get("nbformat_minor")
+        if not isinstance(minor, (int, float)) or minor < MIN_NBFORMAT_MINOR:
+            meta["nbformat_minor"] = MIN_NBFORMAT_MINOR
+        if not isinstance(meta.get("metadata"), Map):
+            meta["metadata"] = Map()
+        if cut_off:
+            writer = OutputWriter(doc, index=room.index)
+            for cell_id in cut_off:
+                writer.add_error(cell_id, CUT_OFF[0], CUT_OFF[1], [f"{CUT_OFF[0]}: {CUT_OFF[1]}"])
+                writer.set_execution_state(cell_id, "idle")
+    if cut_off:
+        logger.warning("%s: %d cell(s) were cut off by a restart", room.name, len(cut_off))

@@ -21,6 +21,7 @@ than TCP on loopback, so no other kernel can subscribe to its outputs.
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
@@ -99,13 +100,14 @@ class BwrapSandbox:
         cmd: Sequence[str],
         *,
         cwd: Path,
+        cwd_fd: int | None = None,
         private_dir: Path | None = None,
         extra_readonly: Iterable[Path] = (),
     ) -> list[str]:
-        """``cmd`` run inside the sandbox with ``cwd`` (a directory under ROOT) as
-        its writable working directory."""
-        cwd = cwd.resolve()
-        if not _inside(cwd, self.root):
+        """``cmd`` run inside the sandbox with ``cwd`` (a directory under ROOT, without
+        symbolic links) as its writable working directory, bound from ``cwd_fd`` when
+        given (see ``open_directory``: what is bound is what was checked)."""
+        if not cwd.is_absolute() or not _inside(cwd, self.root):
             raise ValueError(f"{cwd} is not under the notebook root {self.root}")
         if cwd in self.hidden:
             raise ValueError(f"{cwd} is a hidden directory (the state directory): no kernel runs there")
@@ -122,7 +124,8 @@ class BwrapSandbox:
         for path in outer:
             args += ["--ro-bind", str(path), str(path)]
         # ROOT is empty but for the notebook's directory (and Python environments kept in ROOT).
-        args += ["--tmpfs", str(self.root), "--bind", str(cwd), str(cwd)]
+        args += ["--tmpfs", str(self.root)]
+        args += ["--bind", str(cwd), str(cwd)] if cwd_fd is None else ["--bind-fd", str(cwd_fd), str(cwd)]
         for path in inner:
             args += ["--ro-bind", str(path), str(path)]
         visible = [Path("/usr"), Path("/etc"), cwd, *outer, *inner]
@@ -208,6 +211,26 @@ class BwrapSandbox:
     def kernel_manager(self, **kwargs: Any) -> SandboxedKernelManager:
         return SandboxedKernelManager(sandbox=self, **kwargs)
 
+    def open_directory(self, directory: Path) -> int:
+        """A descriptor of ``directory`` under ROOT, reached from ROOT one name at a
+        time without following symbolic links (which a kernel can make next to its
+        notebook, and swap in while another kernel starts)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in directory.relative_to(self.root).parts:
+                try:
+                    inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise PermissionError(f"{directory} goes through a symbolic link: no kernel starts there") from exc
+                    raise
+                os.close(fd)
+                fd = inner
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
 
 def _python_paths() -> tuple[Path, ...]:
     """Where the daemon's Python lives: its prefixes and site-packages."""
@@ -257,6 +280,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         super().__init__(transport="ipc", **kwargs)
         self.sandbox = sandbox
         self.private_dir: Path | None = None
+        self._cwd_fd: int | None = None
 
     async def _async_pre_start_kernel(self, **kw: Any) -> tuple[list[str], dict[str, Any]]:
         if self.private_dir is None:
@@ -270,10 +294,25 @@ class SandboxedKernelManager(AsyncKernelManager):
         cwd = Path(kw.get("cwd") or os.getcwd())
         kw["env"] = self.sandbox.environment(kw.get("env", os.environ), keep=spec.env)
         resources = [Path(spec.resource_dir)] if spec.resource_dir else []
-        wrapped = self.sandbox.wrap(cmd, cwd=cwd, private_dir=self.private_dir, extra_readonly=resources)
+        self._cwd_fd = self.sandbox.open_directory(cwd)
+        kw["pass_fds"] = (self._cwd_fd,)
+        wrapped = self.sandbox.wrap(
+            cmd, cwd=cwd, cwd_fd=self._cwd_fd, private_dir=self.private_dir, extra_readonly=resources
+        )
         return wrapped, kw
 
     pre_start_kernel = _async_pre_start_kernel  # type: ignore[assignment]
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        try:
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+        finally:
+            # bwrap has its own copy (or the launch failed): ours is done with.
+            if self._cwd_fd is not None:
+                os.close(self._cwd_fd)
+                self._cwd_fd = None
+
+    _launch_kernel = _async_launch_kernel  # type: ignore[assignment]
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
