@@ -43,6 +43,14 @@ def write_notebook(path: Path, sources: list[str], cell_type: str = "code") -> P
     return path
 
 
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
 def read_sources(path: Path) -> list[str]:
     """Cell sources as saved on disk (nbformat splits them into lines)."""
     return ["".join(cell["source"]) for cell in json.loads(path.read_text())["cells"]]

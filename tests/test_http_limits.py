@@ -23,18 +23,11 @@ import websockets
 
 from crdtnb.users import Role, UserStore
 
-from .conftest import EXAMPLES, Daemon, free_port
+from .conftest import EXAMPLES, Daemon, free_port, rss_bytes
 from .test_embedding import _uvicorn
 
 PASSWORD = "correct horse battery"
 MiB = 2**20
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def _status(response_head: bytes) -> int:

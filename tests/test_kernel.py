@@ -293,3 +293,37 @@ def _alive(pid: int) -> bool:
             return handle.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_an_empty_cell_is_not_run_and_keeps_no_execution_count(kernel_daemon: Daemon, root: Path) -> None:
+    """As in JupyterLab and nbclient: an empty cell is skipped, its outputs cleared."""
+    write_notebook(root / "empty.ipynb", ["", "  \n\t", "print('ran')"])
+    client = await kernel_daemon.connect("empty.ipynb")
+    blank, spaces, code = client.cell_ids()
+    await client.execute([blank, spaces, code])
+    await _wait_idle(client, blank, spaces, code)
+    assert [_count(client, c) for c in (blank, spaces, code)] == [None, None, 1]
+    assert client.outputs(blank) == [] and client.outputs(spaces) == []
+    await client.close()
+
+
+@pytest.mark.parametrize("stop", ["kill", "term"])
+async def test_a_cell_cut_off_by_a_server_stop_gets_a_note(kernel_daemon: Daemon, root: Path, stop: str) -> None:
+    write_notebook(root / "cut.ipynb", ["import time\nprint('started', flush=True)\ntime.sleep(60)"])
+    client = await kernel_daemon.connect("cut.ipynb")
+    cell = client.cell_ids()[0]
+    await client.execute([cell])
+    await client.wait_for(lambda _: "started" in _stream_text(client.outputs(cell)), timeout=RUN_TIMEOUT)
+    await client.close()
+    if stop == "kill":
+        kernel_daemon.kill()
+    else:
+        assert kernel_daemon.stop() == 0
+    kernel_daemon.restart()
+    later = await kernel_daemon.connect("cut.ipynb")
+    await _wait_idle(later, cell, timeout=10)
+    outputs = later.outputs(cell)
+    assert _stream_text(outputs) == "started\n"  # what it printed is kept ...
+    assert outputs[-1]["output_type"] == "error" and outputs[-1]["ename"] == "KernelLost"  # ... with a note
+    assert later.state.get("kernel_status") in (None, "none")
+    await later.close()

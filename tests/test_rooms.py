@@ -1,4 +1,4 @@
-"""The room manager's compaction trigger (in process: real SQLite store, real files)."""
+"""The room manager: compaction trigger, and what loading leaves behind (in process: real SQLite store, real files)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pycrdt import Array, Map, Text
 
-from crdtnb.files import NotebookFiles
+from crdtnb.files import NotebookFiles, NotebookNotFound
 from crdtnb.room import Room
 from crdtnb.rooms import RoomManager, RoomSettings
 from crdtnb.store import SQLiteStore
@@ -74,3 +74,18 @@ async def test_a_busy_room_is_compacted_at_most_once_per_interval(tmp_path: Path
         await _edit(room, 1)  # the next change after the interval compacts
         await _until(lambda: not store.needs_compaction("nb.ipynb"))
     await rooms.close()
+
+
+async def test_names_asked_for_leave_no_trace(tmp_path: Path) -> None:
+    """Every name a client asks for takes a lock while its room loads: the table of
+    those locks must not keep every name ever asked for (20k names: +60 MB)."""
+    write_notebook(tmp_path / "root" / "nb.ipynb", ["x"])
+    async with SQLiteStore(tmp_path / "state.sqlite3") as store:
+        rooms = RoomManager(NotebookFiles(tmp_path / "root"), store)
+        for i in range(2000):
+            with pytest.raises(NotebookNotFound):
+                await rooms.acquire(f"missing-{i}.ipynb")
+        async with rooms.hold("nb.ipynb"):
+            pass
+        assert len(rooms._locks) == 0
+        await rooms.close()

@@ -23,7 +23,7 @@ from pycrdt import Map
 
 from .outputs import OutputLimits, OutputWriter
 from .room import Room
-from .rooms import RoomManager
+from .rooms import CUT_OFF, RoomManager
 from .sandbox import BwrapSandbox
 from .schema import KERNEL_STATUS as STATUS_KEY
 from .schema import meta_of, state_of
@@ -120,11 +120,18 @@ class KernelAgent:
         await self._stop_kernel()
         await self._start_kernel()
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, lost: bool = False) -> None:
+        """Stop the kernel. ``lost``: the daemon is stopping, and a cell still running
+        gets a note saying so rather than just stopping."""
+        running = self.running
         self._drop_queue()
         await self._stop_runner()
         await self._stop_kernel()
         self._set_status(KernelStatus.NONE)
+        if lost and running is not None:
+            ename, evalue = CUT_OFF
+            with self.room.doc.transaction():
+                self.writer.add_error(running, ename, evalue, [f"{ename}: {evalue}"])
 
     # -- the queue --------------------------------------------------------------------------
 
@@ -413,6 +420,6 @@ class KernelAgents:
     async def close(self) -> None:
         """Shut every kernel down (daemon shutdown): no orphan processes."""
         agents = list(self._agents.values())
-        await asyncio.gather(*(agent.shutdown() for agent in agents), return_exceptions=True)
+        await asyncio.gather(*(agent.shutdown(lost=True) for agent in agents), return_exceptions=True)
         for agent in agents:
             self._forget(agent)
