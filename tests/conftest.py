@@ -72,12 +72,14 @@ class Daemon:
         token: str = TOKEN,
         state_dir: Path | None = None,
         preexec_fn: Callable[[], Any] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.preexec_fn = preexec_fn  # e.g. resource limits for the child
         self.args = list(args)
         self.token = token
         self.state_dir = state_dir
+        self.env = env  # variables set on top of the test's environment
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root.parent / f"daemon-{self.port}.log"
@@ -89,7 +91,8 @@ class Daemon:
             cmd += ["--state-dir", str(self.state_dir)]
         cmd += self.args
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn)
+        env = {**os.environ, **self.env} if self.env else None
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -120,9 +123,11 @@ class Daemon:
         self.process.wait(10)
         self.process = None
 
-    def restart(self) -> Daemon:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def restart(self, same_port: bool = False) -> Daemon:
+        """Start again, on a new port unless ``same_port`` (where clients reconnect)."""
+        if not same_port:
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
         return self.start()
 
     async def connect(self, path: str, **kwargs: Any) -> NotebookClient:

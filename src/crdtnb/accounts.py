@@ -63,5 +63,6 @@ class AccountAuth:
         if role is None or role < REQUIRED_ROLE[action]:
             return False
         if action is Action.EXECUTE and not self.kernels_isolated:
-            return (self.role(user, "") or Role.VIEWER) >= Role.RUNNER
+            global_role = self.role(user, "")
+            return global_role is not None and global_role >= Role.RUNNER
         return True

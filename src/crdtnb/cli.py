@@ -87,8 +87,16 @@ def _users(args: argparse.Namespace) -> int:
             store.remove(args.name)
             print(f"removed {args.name}")
         elif args.action == "role":
-            store.set_role(args.name, Role.parse(args.role), args.path)
+            role = Role.parse(args.role)
+            store.set_role(args.name, role, args.path)
             print(f"{args.name}: {args.role}" + (f" on {args.path}" if args.path else ""))
+            if args.path and role >= Role.RUNNER:
+                print(
+                    f"crdtnb: warning: a runner role limited to {args.path} lets {args.name} run code only on a "
+                    "daemon whose kernels are sandboxed (--kernel-sandbox auto with bubblewrap working, or bwrap); "
+                    "with unconfined kernels it is refused, since their code could reach every file of the daemon",
+                    file=sys.stderr,
+                )
         elif args.action == "passwd":
             store.set_password(args.name, _read_password(args.password_stdin))
             print(f"password of {args.name} changed")

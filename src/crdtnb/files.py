@@ -8,12 +8,16 @@ all use that name, so two spellings of one file can never be two rooms.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
-import tempfile
+import secrets
+import stat
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -146,6 +150,22 @@ class NotebookFiles:
         name = self.canonical(path)
         return self._real_path(name)
 
+    def locate(self, name: str) -> Path:
+        """The real file of the canonical name ``name``, checked to be that name now: a
+        symbolic link swapped in since the name was checked (code in a kernel can make
+        links next to its notebook) must not redirect a read, a write or a kernel."""
+        real = self.resolve(name)
+        if unicodedata.normalize("NFC", real.relative_to(self.root).as_posix()) != self.normalize(name):
+            raise PathError(f"{name} leads to another file now (a symbolic link)")
+        return real
+
+    def exact(self, name: str) -> str:
+        """``name`` if it is the canonical name of its file now, else PathError: for a
+        name that was authorized a moment ago (see ``locate``)."""
+        if self.canonical(name) != self.normalize(name):
+            raise PathError(f"{name} leads to another file now (a symbolic link)")
+        return self.normalize(name)
+
     def _real_path(self, name: str) -> Path:
         here = self.root
         for part in name.split("/"):
@@ -158,12 +178,14 @@ class NotebookFiles:
     # -- reading and writing ----------------------------------------------------------
 
     def read(self, name: str) -> tuple[dict[str, Any], FileStamp]:
-        """Read and validate a notebook; upgrade it to nbformat 4."""
-        real = self.resolve(name)
+        """Read and validate a notebook (by its canonical name); upgrade it to nbformat 4."""
+        real = self.locate(name)
         try:
-            with open(real, "rb") as handle:
-                st = os.fstat(handle.fileno())
-                data = handle.read()
+            with self._directory(real) as directory:
+                fd = os.open(real.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=directory)
+                with os.fdopen(fd, "rb") as handle:
+                    st = os.fstat(handle.fileno())
+                    data = handle.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise NotebookNotFound(f"no notebook at {name}") from exc
         stamp = FileStamp.of(st, sha256_bytes(data))
@@ -186,7 +208,7 @@ class NotebookFiles:
         With ``expect``, refuse (FileChanged) to replace a file that is no longer that
         version: checked right before the rename, so an outside edit is never overwritten
         unseen (only a write landing in the microseconds between check and rename could)."""
-        real = self.resolve(name)
+        real = self.locate(name)
         node = nbformat.from_dict(nb)
         try:
             nbformat.validate(node)
@@ -194,34 +216,64 @@ class NotebookFiles:
             raise InvalidNotebook(f"refusing to save {name}: {_first_line(exc)}") from exc
         data = (nbformat.writes(node) + "\n").encode("utf-8")
         sha = sha256_bytes(data)
-        if expect is not None and expect.sha256 == sha:
+        with self._directory(real, create=True) as directory:
+            if expect is not None and expect.sha256 == sha:
+                try:
+                    if expect.same_stat(os.stat(real.name, dir_fd=directory, follow_symlinks=False)):
+                        return expect  # the file holds exactly this already
+                except FileNotFoundError:
+                    pass
+            tmp = f".{real.name}.{secrets.token_hex(6)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=directory)
             try:
-                if expect.same_stat(os.stat(real)):
-                    return expect  # the file holds exactly this already
-            except FileNotFoundError:
-                pass
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    try:
+                        current: os.stat_result | None = os.stat(real.name, dir_fd=directory, follow_symlinks=False)
+                    except FileNotFoundError:
+                        current = None
+                    if expect is not None and current is not None and not expect.same_stat(current):
+                        raise FileChanged(f"{name} changed on disk")
+                    os.fchmod(handle.fileno(), (current.st_mode & 0o777) if current is not None else self.new_file_mode)
+                os.replace(tmp, real.name, src_dir_fd=directory, dst_dir_fd=directory)
+            except BaseException:
+                try:
+                    os.unlink(tmp, dir_fd=directory)
+                except FileNotFoundError:
+                    pass
+                raise
+            return FileStamp.of(os.stat(real.name, dir_fd=directory, follow_symlinks=False), sha)
+
+    @contextmanager
+    def _directory(self, real: Path, create: bool = False) -> Iterator[int]:
+        """A descriptor of the directory of ``real`` (a resolved path under the root),
+        reached from the root one name at a time without following links: a link
+        swapped in after the name was resolved (code in a kernel can make them next to
+        its notebook) cannot redirect a read or a write."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            real.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise PathError(f"a parent of {name} is not a directory") from None
-        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                current: os.stat_result | None = os.stat(real)
-            except FileNotFoundError:
-                current = None
-            if expect is not None and current is not None and not expect.same_stat(current):
-                raise FileChanged(f"{name} changed on disk")
-            os.chmod(tmp, (current.st_mode & 0o777) if current is not None else self.new_file_mode)
-            os.replace(tmp, real)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return FileStamp.of(os.stat(real), sha)
+            for part in real.parent.relative_to(self.root).parts:
+                if create:
+                    try:
+                        os.mkdir(part, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                            raise PathError("the path changed into a symbolic link") from exc
+                        if create:
+                            raise PathError(f"a parent of {real.name} is not a directory") from None
+                    raise
+                os.close(fd)
+                fd = inner
+            yield fd
+        finally:
+            os.close(fd)
 
     def create(self, name: str, nb: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create a notebook (empty unless given); FileExistsError if one is there."""

@@ -97,7 +97,8 @@ class RoomManager:
         """The room for a notebook path, loaded if needed; the caller must release() it."""
         if self._closing:
             raise RuntimeError("the server is shutting down")
-        name = self.files.canonical(path)
+        # The name as the caller checked it: a symbolic link swapped in since then is refused.
+        name = self.files.exact(path)
         async with self._locks.hold(name):
             entry = self._open.get(name)
             if entry is None:

@@ -116,11 +116,14 @@ class Kernels(Extension):
 
     async def agent(self, name: str) -> KernelAgent:
         """The room's agent, created (holding the room) if needed."""
+        # The name as the caller authorized it, and its directory checked to be that
+        # name's: a symbolic link swapped in since must not move the kernel elsewhere.
+        name = self.daemon.files.exact(name)
         async with self._lock:
             agent = self.agents.get(name)
             if agent is None:
                 room = await self.daemon.rooms.acquire(name)
-                cwd = self.daemon.files.resolve(name).parent
+                cwd = self.daemon.files.locate(name).parent
                 agent = KernelAgent(room, cwd, self.settings, self.launcher, on_dead=self._on_dead)
                 self.agents[name] = agent
                 self._ended.pop(name, None)
