@@ -52,7 +52,7 @@ logger = logging.getLogger("crdtnb.client")
 
 # Close codes another attempt would only meet again (see README.md, "Websocket close
 # codes"): a bad path or notebook, no or wrong credentials, a frame the server refused.
-TERMINAL_CLOSE_CODES = frozenset({4400, 4401, 4403, 4404, 4422, 1003, 1007, 1009})
+TERMINAL_CLOSE_CODES = frozenset({4400, 4401, 4403, 4404, 4422, 1003, 1007, 1008, 1009})
 # Statuses of a refused handshake that are as final.
 TERMINAL_HTTP_STATUSES = frozenset({400, 401, 403, 404})
 
