@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     return _users(args)
 
 
-def _add_user_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_user_commands(commands: argparse._SubParsersAction) -> None:
     users = commands.add_parser("users", help="manage accounts (stored in the state directory)")
     actions = users.add_subparsers(dest="action", required=True)
 

@@ -13,7 +13,7 @@ import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -111,7 +111,8 @@ class WebSocketPeer:
 
     def _write_now(self, message: bytes) -> None:
         try:
-            self._in_flight = start_eagerly(self._asgi_send({"type": "websocket.send", "bytes": message}))
+            sending = cast(Coroutine[Any, Any, None], self._asgi_send({"type": "websocket.send", "bytes": message}))
+            self._in_flight = start_eagerly(sending)
         except Exception as exc:  # the socket is gone: the writer ends the connection
             self._failure = exc
             self._ready.set()
