@@ -118,6 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import NotebookSync, create_app
+    from .metrics import Metrics
     from .sandbox import SandboxUnavailable
     from .server import (
         ConnectionLimits,
@@ -138,7 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
     token = settings.access.token or secrets.token_urlsafe(24)
     settings = replace(settings, access=replace(settings.access, token=token))
     try:
-        app = create_app(settings=settings)
+        app = create_app(settings=settings, extensions=[Metrics(token=settings.access.metrics_token)])
     except SandboxUnavailable as exc:
         print(f"crdtnb: --kernel-sandbox bwrap: {exc}", file=sys.stderr)
         return 2
