@@ -140,7 +140,7 @@ class TransportLimits:
         parse=_size,
     )
     max_queue_messages: int = option(20_000, "send queue of one client, in messages", flag="--max-send-queue-messages", parse=int)
-    close_timeout: float = option(5.0, "seconds a closing handshake may take", cli=False)
+    close_timeout: float = option(5.0, "seconds a closing handshake may take", parse=float)
 
 
 @dataclass(frozen=True)
