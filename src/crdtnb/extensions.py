@@ -9,15 +9,17 @@ and merging from the .ipynb (filesync.py), log compaction (compaction.py) and ke
 (kernel.py). Metrics (metrics.py) is one the host may add.
 
 **Call order.** Hooks run in registration order, except those that take things down
-(``on_daemon_stopping``, ``on_room_unloading``, ``on_room_unloaded``), which run in
-reverse order, as nested context managers unwind: the extension set up first is torn
+(``on_daemon_stopping``, ``on_room_disowned``, ``on_room_unloading``,
+``on_room_unloaded``), which run in reverse order, as nested context managers unwind: the extension set up first is torn
 down last.
 
 **Two kinds of hooks.**
 
 - *Lifecycle* hooks are awaited, one extension after the other, before the daemon goes
   on: ``on_daemon_started``, ``on_daemon_stopping``, ``on_room_loading``,
-  ``on_room_loaded``, ``on_room_unloading``, ``on_room_unloaded``. An exception in
+  ``on_room_loaded``, ``on_room_owned``, ``on_room_disowned``, ``on_room_unloading``,
+  ``on_room_unloaded``. A room is *owned* by exactly one daemon (always this one, unless
+  in a cluster): the owner alone runs its kernel, saves its file and compacts its log. An exception in
   ``on_room_loading`` refuses the room (a room is never served half-loaded); in the
   others it is logged and the next extension runs.
 - *Notifications* report what happened: ``on_peer_joined``, ``on_peer_left``,
@@ -85,6 +87,23 @@ class RoomLoading:
 @dataclass(frozen=True)
 class RoomLoaded:
     room: Room
+
+
+@dataclass(frozen=True)
+class RoomOwned:
+    """This daemon now owns the room: it alone runs its kernel, saves its file and
+    compacts its log (always, on a single daemon; in a cluster, while it holds the lease)."""
+
+    room: Room
+
+
+@dataclass(frozen=True)
+class RoomDisowned:
+    """This daemon no longer owns the room (its lease lapsed or was handed over): stop the
+    owner's work at once, writing nothing (another daemon does it now)."""
+
+    room: Room
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -204,6 +223,8 @@ class Extension:
     async def on_daemon_stopping(self, event: DaemonStopping) -> None: ...
     async def on_room_loading(self, event: RoomLoading) -> None: ...
     async def on_room_loaded(self, event: RoomLoaded) -> None: ...
+    async def on_room_owned(self, event: RoomOwned) -> None: ...
+    async def on_room_disowned(self, event: RoomDisowned) -> None: ...
     async def on_room_unloading(self, event: RoomUnloading) -> None: ...
     async def on_room_unloaded(self, event: RoomUnloaded) -> None: ...
     def on_peer_joined(self, event: PeerJoined) -> None: ...
@@ -221,6 +242,8 @@ LIFECYCLE = (
     "on_daemon_stopping",
     "on_room_loading",
     "on_room_loaded",
+    "on_room_owned",
+    "on_room_disowned",
     "on_room_unloading",
     "on_room_unloaded",
 )
@@ -234,7 +257,7 @@ NOTIFICATIONS = (
     "on_execution_started",
     "on_execution_finished",
 )
-TEARDOWN = frozenset({"on_daemon_stopping", "on_room_unloading", "on_room_unloaded"})
+TEARDOWN = frozenset({"on_daemon_stopping", "on_room_disowned", "on_room_unloading", "on_room_unloaded"})
 _BASE_HOOKS = {name: getattr(Extension, name) for name in (*LIFECYCLE, *NOTIFICATIONS)}
 
 Handler = Callable[[Any], Any]
@@ -387,8 +410,10 @@ __all__ = [
     "Hooks",
     "PeerJoined",
     "PeerLeft",
+    "RoomDisowned",
     "RoomLoaded",
     "RoomLoading",
+    "RoomOwned",
     "RoomUnloaded",
     "RoomUnloading",
 ]
