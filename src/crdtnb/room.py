@@ -67,8 +67,9 @@ class Room:
         self.hooks = hooks or Hooks()
         self._origins: dict[int, Origin] = {hash(origin): origin for origin in SERVER_ORIGINS}
         self._peer_origins: dict[Peer, PeerOrigin] = {}
-        # Captured transactions waiting to be stored: (update, origin, when captured).
-        self._outbox: list[tuple[bytes, Origin, float]] = []
+        # Captured transactions waiting to be stored: (update, origin, when captured,
+        # relayed to its sender too).
+        self._outbox: list[tuple[bytes, Origin, float, bool]] = []
         self._wake = asyncio.Event()
         self._enqueued = 0
         self._committed = 0
@@ -147,10 +148,11 @@ class Room:
             raise RejectedUpdate(f"update rejected: {exc}") from exc
         if self.guard.repair() and len(self._outbox) - mark > 1:
             # Everyone, the sender included, gets the update with its repair in one
-            # frame: no client ever holds the broken state.
+            # frame: no client ever holds the broken state. It stays the sender's change
+            # for the hooks (an audit log must see who needed a repair).
             captured = self._outbox[mark:]
-            merged = merge_updates(*[update for update, _, _ in captured])
-            self._outbox[mark:] = [(merged, SERVER, captured[0][2])]
+            merged = merge_updates(*[update for update, _, _, _ in captured])
+            self._outbox[mark:] = [(merged, self.origin_of(peer), captured[0][2], True)]
             self._enqueued -= len(captured) - 1
 
     def apply_remote(self, update: bytes, origin: RemoteOrigin) -> None:
@@ -190,7 +192,7 @@ class Room:
     def _capture(self, event: TransactionEvent) -> None:
         # pycrdt's TransactionEvent carries its transaction, whose origin is a hash.
         origin = self._origins.get(cast(Any, event).transaction.origin(), SERVER)
-        self._outbox.append((event.update, origin, time.monotonic()))
+        self._outbox.append((event.update, origin, time.monotonic(), False))
         self._enqueued += 1
         self._wake.set()
 
@@ -207,18 +209,18 @@ class Room:
             batch, self._outbox = self._outbox, []
             if not batch:
                 continue
-            local = [update for update, origin, _ in batch if not isinstance(origin, RemoteOrigin)]
+            local = [update for update, origin, _, _ in batch if not isinstance(origin, RemoteOrigin)]
             if local:
                 await self._persist(local)
             durable = time.monotonic()
             async with self._committed_changed:
                 self._committed += len(batch)
                 self._committed_changed.notify_all()
-            for update, origin, _ in batch:
-                sender = origin.peer if isinstance(origin, PeerOrigin) else None
+            for update, origin, _, to_sender in batch:
+                sender = origin.peer if isinstance(origin, PeerOrigin) and not to_sender else None
                 self.broadcast(encode_update(update), exclude=sender)
             if self.hooks.wants("on_changes_durable"):
-                changes = tuple(Change(update, origin, received, durable) for update, origin, received in batch)
+                changes = tuple(Change(update, origin, received, durable) for update, origin, received, _ in batch)
                 self.hooks.notify("on_changes_durable", ChangesDurable(self, changes))
 
     async def _persist(self, updates: list[bytes]) -> None:
