@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import (
     Doc,
@@ -333,15 +333,20 @@ def test_an_awareness_with_trailing_bytes_is_refused() -> None:
 # -- properties --------------------------------------------------------------------------
 
 
+# The same examples on every run (the suite is deterministic), and no per-example deadline
+# on a shared machine.
+deterministic = settings(derandomize=True, database=None, deadline=None, max_examples=200)
 safe_integers = st.integers(min_value=0, max_value=MAX_SAFE_INTEGER)
 entries = st.lists(st.builds(AwarenessEntry, safe_integers, safe_integers, st.text()), max_size=8)
 
 
+@deterministic
 @given(entries)
 def test_any_awareness_entries_round_trip(drawn: list[AwarenessEntry]) -> None:
     assert read_awareness(write_awareness(drawn)) == drawn
 
 
+@deterministic
 @given(st.binary(max_size=64))
 def test_any_bytes_parse_or_raise_protocol_error_only(frame: bytes) -> None:
     try:
@@ -351,6 +356,7 @@ def test_any_bytes_parse_or_raise_protocol_error_only(frame: bytes) -> None:
     assert isinstance(message, (SyncStep1, SyncStep2, SyncUpdate, AwarenessMessage, QueryAwareness, AuthMessage))
 
 
+@deterministic
 @given(st.text(max_size=40), st.integers(min_value=1, max_value=8))
 def test_a_cut_or_padded_frame_is_refused(text: str, cut: int) -> None:
     doc = Doc()
@@ -363,6 +369,7 @@ def test_a_cut_or_padded_frame_is_refused(text: str, cut: int) -> None:
         parse_message(frame + b"\x00" * cut)
 
 
+@deterministic
 @given(safe_integers)
 def test_any_safe_integer_kind_is_read_exactly(kind: int) -> None:
     frame = write_var_uint(kind)
