@@ -25,7 +25,7 @@ from .awareness import PresenceLimits, RoomAwareness
 from .extensions import Change, ChangesDurable, Hooks, PeerJoined, PeerLeft
 from .fanout import Fanout, LocalFanout, Peer
 from .guard import SchemaGuard
-from .origins import OWNER_WORK, REPAIR, SERVER, SERVER_ORIGINS, Origin, PeerOrigin, RemoteOrigin
+from .origins import OWNER_WORK, SERVER, SERVER_ORIGINS, Origin, PeerOrigin, RemoteOrigin
 from .ownership import NotOwner
 from .protocol import (
     ProtocolError,
@@ -75,8 +75,9 @@ class Room:
         self.hooks = hooks or Hooks()
         self._origins: dict[int, Origin] = {hash(origin): origin for origin in SERVER_ORIGINS}
         self._peer_origins: dict[Peer, PeerOrigin] = {}
-        # Captured transactions waiting to be stored: (update, origin, when captured).
-        self._outbox: list[tuple[bytes, Origin, float]] = []
+        # Captured transactions waiting to be stored: (update, origin, when captured,
+        # relayed to its sender too).
+        self._outbox: list[tuple[bytes, Origin, float, bool]] = []
         self._wake = asyncio.Event()
         self._enqueued = 0
         self._committed = 0
@@ -161,10 +162,11 @@ class Room:
             raise RejectedUpdate(f"update rejected: {exc}") from exc
         if self.guard.repair() and len(self._outbox) - mark > 1:
             # Everyone, the sender included, gets the update with its repair in one
-            # frame: no client ever holds the broken state.
+            # frame: no client ever holds the broken state. It stays the sender's change
+            # for the hooks (an audit log must see who needed a repair).
             captured = self._outbox[mark:]
-            merged = merge_updates(*[update for update, _, _ in captured])
-            self._outbox[mark:] = [(merged, REPAIR, captured[0][2])]
+            merged = merge_updates(*[update for update, _, _, _ in captured])
+            self._outbox[mark:] = [(merged, self.origin_of(peer), captured[0][2], True)]
             self._enqueued -= len(captured) - 1
 
     def apply_remote(self, update: bytes, origin: RemoteOrigin) -> None:
@@ -204,7 +206,7 @@ class Room:
     def _capture(self, event: TransactionEvent) -> None:
         # pycrdt's TransactionEvent carries its transaction, whose origin is a hash.
         origin = self._origins.get(cast(Any, event).transaction.origin(), SERVER)
-        self._outbox.append((event.update, origin, time.monotonic()))
+        self._outbox.append((event.update, origin, time.monotonic(), False))
         self._enqueued += 1
         self._wake.set()
 
@@ -233,21 +235,21 @@ class Room:
             async with self._committed_changed:
                 self._committed += len(batch)
                 self._committed_changed.notify_all()
-            for update, origin, _ in batch:
-                sender = origin.peer if isinstance(origin, PeerOrigin) else None
+            for update, origin, _, to_sender in batch:
+                sender = origin.peer if isinstance(origin, PeerOrigin) and not to_sender else None
                 self.broadcast(encode_update(update), exclude=sender)
             if self.hooks.wants("on_changes_durable"):
-                changes = tuple(Change(update, origin, received, durable) for update, origin, received in batch)
+                changes = tuple(Change(update, origin, received, durable) for update, origin, received, _ in batch)
                 self.hooks.notify("on_changes_durable", ChangesDurable(self, changes))
 
-    async def _persist(self, batch: list[tuple[bytes, Origin, float]]) -> None:
+    async def _persist(self, batch: list[tuple[bytes, Origin, float, bool]]) -> None:
         """Append a batch to the log, in order: peers' and repairs with ``append``, the
         owner's work with ``append_owned``; remote changes are stored already. A failing
         store is retried for ``store_timeout`` seconds, then the room breaks rather than
         relay something that is not durable."""
         run: list[bytes] = []
         owned = False
-        for update, origin, _ in batch:
+        for update, origin, _, _ in batch:
             if isinstance(origin, RemoteOrigin):
                 continue
             work = origin in OWNER_WORK
