@@ -6,9 +6,9 @@
 import * as Y from 'yjs'
 import type { Awareness } from 'y-protocols/awareness'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
-import { EditorState, type Extension } from '@codemirror/state'
+import { Compartment, EditorState, type Extension } from '@codemirror/state'
 import {
-  EditorView, keymap, drawSelection, dropCursor, highlightSpecialChars, placeholder, type KeyBinding
+  EditorView, keymap, drawSelection, dropCursor, highlightSpecialChars, lineNumbers, placeholder, type KeyBinding
 } from '@codemirror/view'
 import { defaultKeymap, indentWithTab } from '@codemirror/commands'
 import { HighlightStyle, syntaxHighlighting, indentOnInput, bracketMatching, indentUnit } from '@codemirror/language'
@@ -53,6 +53,8 @@ const editorTheme = EditorView.theme({
   '.cm-line': { padding: '0 10px' },
   '.cm-scroller': { fontFamily: 'var(--mono)', lineHeight: '1.45' },
   '.cm-placeholder': { color: '#9aa0a6' },
+  '.cm-gutters': { backgroundColor: 'transparent', border: 'none', color: '#9aa0a6' },
+  '.cm-lineNumbers .cm-gutterElement': { padding: '0 2px 0 8px', fontSize: '12px' },
   '.cm-selectionBackground': { backgroundColor: '#d7e4f7 !important' },
   '&.cm-focused .cm-selectionBackground': { backgroundColor: '#b9d2f5 !important' }
 })
@@ -67,6 +69,14 @@ export interface EditorOptions {
   keys: readonly KeyBinding[]
   onFocus: () => void
   readOnly?: boolean
+  lineNumbers?: boolean
+}
+
+const gutter = new Compartment()
+
+/** Show or hide line numbers in an editor (L in command mode). */
+export function setLineNumbers (view: EditorView, on: boolean): void {
+  view.dispatch({ effects: gutter.reconfigure(on ? lineNumbers() : []) })
 }
 
 function languageExtension (language: Language): Extension {
@@ -81,6 +91,7 @@ export function createEditor (parent: HTMLElement, options: EditorOptions): Edit
   const extensions: Extension[] = [
     EditorView.cspNonce.of(cspNonce()),
     keymap.of([...options.keys]),
+    gutter.of(options.lineNumbers ? lineNumbers() : []),
     highlightSpecialChars(),
     drawSelection(),
     dropCursor(),

@@ -108,8 +108,9 @@ async def test_stream_interrupt_restart(kernel_web: Daemon, browser: Browser) ->
     await error.wait_for(timeout=20_000)
     assert "KeyboardInterrupt" in (await error.text_content() or "")
     await eventually_equal(lambda: page.cell(first).locator(".prompt-in").text_content(), "[1]:")
-    # restart (toolbar): the kernel's variables are gone
+    # restart (toolbar, then confirmed): the kernel's variables are gone
     await page.page.locator(".toolbar .tb-restart").click()
+    await page.page.locator(".dialog .dialog-ok").click()
     await eventually_equal(lambda: page.page.locator(".kernel-status").get_attribute("data-status"), "idle", timeout=30)
     await set_source(page, second, "print(i)")
     await page.page.keyboard.press("Control+Enter")
@@ -135,7 +136,9 @@ async def test_run_all_with_rich_outputs(kernel_web: Daemon, browser: Browser) -
     await page.page.locator(".toolbar .tb-runAll").click()
     cells = [page.cell(i) for i in ids]
     await cells[3].locator(".output-error").wait_for(timeout=40_000)
-    assert await cells[0].locator(".output-html b#x").text_content() == "bold"
+    # HTML with a script runs in the output's sandboxed frame, never in the page
+    frame = cells[0].frame_locator("iframe.output-frame")
+    assert await frame.locator("b#x").text_content() == "bold"
     assert await cells[0].locator("script").count() == 0
     assert await cells[1].locator(".prompt-out").text_content() == "Out[2]:"
     assert "'answer': 42" in (await cells[1].locator(".output").text_content() or "")

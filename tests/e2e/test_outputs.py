@@ -17,13 +17,14 @@ pytestmark = pytest.mark.timeout(60)
 
 NB = "nb.ipynb"
 
+# HTML without <script> or <style> is shown inline, sanitized (HTML with them runs in a
+# sandboxed frame: tests/e2e/test_rich_outputs.py)
 HOSTILE_HTML = (
     "<p class='ok'>rich <b>bold</b> output</p>"
     "<img id='bad' src='x' onerror='window.__pwned = 1'>"
-    "<script>window.__pwned = 2</script>"
     "<a href='javascript:window.__pwned = 3'>click</a>"
     "<table><tr><th>n</th></tr><tr><td>42</td></tr></table>"
-    "<style>body { display: none }</style>"
+    "<iframe src='javascript:window.parent.__pwned = 6'></iframe>"
 )
 HOSTILE_SVG = (
     "<svg xmlns='http://www.w3.org/2000/svg' width='40' height='40'>"
@@ -89,7 +90,7 @@ async def test_seeded_outputs_render_safely(web: Daemon, browser: Browser) -> No
         html = out.locator(".output-html")
         assert await html.locator("p.ok b").text_content() == "bold"
         assert await html.locator("td").text_content() == "42"
-        assert await html.locator("script, style").count() == 0
+        assert await html.locator("script, style, iframe").count() == 0
         assert await html.locator("#bad").get_attribute("onerror") is None
         assert await html.locator("a").get_attribute("href") is None
         assert await page.page.locator("body").is_visible()
