@@ -150,3 +150,24 @@ async def test_run_all_with_rich_outputs(kernel_web: Daemon, browser: Browser) -
     assert await page.page.evaluate("() => window.__k") is None
     await page.screenshot("run-all")
     page.assert_no_errors(allow=("inline", "Content Security Policy"))
+
+
+async def test_kernel_status_is_unknown_while_the_server_is_down(kernel_web: Daemon, browser: Browser) -> None:
+    page = await browser.open(kernel_web, NB)
+    first = (await page.cell_ids())[0]
+    await page.editor(first).click()
+    await page.page.keyboard.press("Control+Enter")
+    pill = page.page.locator(".kernel-status")
+    await eventually_equal(lambda: pill.get_attribute("data-status"), "idle", timeout=40)
+    assert await pill.text_content() == "Kernel idle"
+    kernel_web.stop()
+    await page.page.wait_for_function("() => document.body.dataset.connection === 'disconnected'")
+    # the page cannot know the kernel's state now: it must not claim it is idle
+    await eventually_equal(lambda: pill.get_attribute("data-status"), "offline")
+    assert "idle" not in (await pill.text_content() or "")
+    assert "unknown" in (await pill.text_content() or "")
+    await page.screenshot("offline")
+    kernel_web.start()  # same port: the page reconnects, and knows again
+    await page.page.wait_for_function("() => document.body.dataset.connection === 'connected'", timeout=20_000)
+    await page.page.wait_for_function("() => document.querySelector('.kernel-status').dataset.status !== 'offline'")
+    page.assert_no_errors(allow=("WebSocket", "ERR_CONNECTION_REFUSED", "Failed to load resource"))
