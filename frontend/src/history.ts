@@ -112,7 +112,7 @@ export function applyOp (cells: Y.Array<unknown>, op: StructureOp, busy: BusyChe
       if (!moveBlock) {
         const copy = cloneCell(neighbour)
         cells.delete(other, 1)
-        cells.insert(op.delta < 0 ? last : first + 1, [copy])
+        cells.insert(op.delta < 0 ? last : first, [copy])
       } else {
         const copies = block.map(cloneCell)
         cells.delete(first, block.length)
