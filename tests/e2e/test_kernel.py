@@ -171,3 +171,51 @@ async def test_kernel_status_is_unknown_while_the_server_is_down(kernel_web: Dae
     await page.page.wait_for_function("() => document.body.dataset.connection === 'connected'", timeout=20_000)
     await page.page.wait_for_function("() => document.querySelector('.kernel-status').dataset.status !== 'offline'")
     page.assert_no_errors(allow=("WebSocket", "ERR_CONNECTION_REFUSED", "Failed to load resource"))
+
+
+async def menu_action(page: object, name: str) -> None:
+    await page.page.locator(".toolbar .tb-more").click()  # type: ignore[attr-defined]
+    await page.page.locator(f".menu .menu-{name}").click()  # type: ignore[attr-defined]
+
+
+async def test_run_above_below_restart_run_all_and_clear(kernel_web: Daemon, browser: Browser) -> None:
+    write_notebook(kernel_web.root / "runs.ipynb", ["x = 1", "x += 1\nprint(x)", "print('below', x)"])
+    page = await browser.open(kernel_web, "runs.ipynb")
+    one, two, three = await page.cell_ids()
+    prompts = lambda: asyncio.gather(*(page.cell(i).locator(".prompt-in").text_content() for i in (one, two, three)))  # noqa: E731
+    # "Run all above" the second cell: only the first runs
+    await page.select(two)
+    await menu_action(page, "run-above")
+    await eventually_equal(prompts, ["[1]:", "[ ]:", "[ ]:"], timeout=40)
+    # "Run selected and all below": the second and the third
+    await menu_action(page, "run-below")
+    await eventually_equal(lambda: page.cell(three).locator(".output-stdout").text_content(), "below 2\n", timeout=30)
+    assert await page.cell(two).locator(".output-stdout").text_content() == "2\n"
+    await eventually_equal(prompts, ["[1]:", "[2]:", "[3]:"])
+    # a restart asks first; "Cancel" keeps the kernel and its variables
+    await page.select(one)
+    await page.page.keyboard.press("0")
+    await page.page.keyboard.press("0")
+    await page.page.locator(".dialog", has_text="Restart the kernel?").wait_for()
+    await page.page.locator(".dialog .dialog-cancel").click()
+    await page.page.locator(".dialog").wait_for(state="detached")
+    await page.select(three)
+    await page.page.keyboard.press("Control+Enter")
+    await eventually_equal(lambda: page.cell(three).locator(".prompt-in").text_content(), "[4]:", timeout=30)
+    assert await page.cell(three).locator(".output-stdout").text_content() == "below 2\n"
+    # "Restart kernel and run all…", confirmed: counts start again from 1
+    await menu_action(page, "restart-run-all")
+    await page.page.locator(".dialog .dialog-ok").click()
+    await eventually_equal(prompts, ["[1]:", "[2]:", "[3]:"], timeout=60)
+    assert await page.cell(three).locator(".output-stdout").text_content() == "below 2\n"
+    # "Clear all outputs": outputs and counts gone, on the page and on the server
+    await menu_action(page, "clear-all-outputs")
+    await eventually_equal(prompts, ["[ ]:", "[ ]:", "[ ]:"])
+    assert await page.page.locator(".output").count() == 0
+    await eventually_equal(
+        lambda: asyncio.to_thread(
+            lambda: [(c["outputs"], c["execution_count"]) for c in kernel_web.notebook("runs.ipynb")["cells"]]
+        ),
+        [([], None)] * 3,
+    )
+    page.assert_no_errors()
