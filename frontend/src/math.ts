@@ -4,8 +4,8 @@
 // eats `\,`, `_` and `*`), replaced by tokens, and put back, typeset, into the HTML markdown
 // made. Delimiters: $…$, $$…$$, \(…\), \[…\] and \begin{env}…\end{env}; nothing inside code
 // spans or fenced code blocks is math; `\$` is a dollar sign. An inline $…$ follows pandoc's
-// rule (no space after the opening or before the closing $, no digit right after it), so
-// "$5 and $10" stays text.
+// rule (no space after the opening or before the closing $, no digit right after it) and holds
+// no backtick, so "$5 and $10" stays text.
 //
 // KaTeX (about 270 KB of script) is loaded on first use, in its own chunk: until then math
 // shows as its TeX source, and whoever rendered it is called back to render again.
@@ -133,7 +133,8 @@ function scan (text: string, spans: MathSpan[], token: (i: number) => string): s
       } else {
         const close = findUnescaped(text, '$', i + 1, true)
         const inner = close > i + 1 ? text.slice(i + 1, close) : ''
-        if (inner && !/^\s/.test(inner) && !/\s$/.test(inner) && !/[0-9]/.test(text[close + 1] ?? '')) {
+        // (no backtick inside: a code span that follows is not math's business)
+        if (inner && !/^\s/.test(inner) && !/\s$/.test(inner) && !inner.includes('`') && !/[0-9]/.test(text[close + 1] ?? '')) {
           take(close + 1, inner, false)
           continue
         }
