@@ -9,7 +9,8 @@ cells with their outputs, markdown cells). Measures, each in a fresh browser con
 
 - **load**: navigation start until the page is usable: synced, cells shown, the first cell's
   editor ready to type in, and the next frame painted (`performance.now()` in the page);
-- **keystroke**: 150 characters typed into a cell in the middle of the notebook, 40 ms apart;
+- **keystroke**: 150 characters typed into a cell in the middle of the notebook, 40 ms apart
+  (a second after scrolling there, once the cells around it are built);
   each keystroke's latency is its `keydown` event's timestamp until the frame after it was
   handled has been painted (requestAnimationFrame, then a message posted from it);
 - **typing during run-all**: the same while another user runs every cell of the notebook
@@ -168,6 +169,8 @@ class Daemon:
 
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
+    if not ordered:
+        return {"n": 0, "median": float("nan"), "p95": float("nan"), "max": float("nan")}
     return {
         "n": len(ordered),
         "median": statistics.median(ordered),
@@ -193,11 +196,13 @@ async def measure_load(browser: Any, daemon: Daemon) -> float:
 
 async def type_in_middle(page: Any, count: int = 150, delay_ms: int = 40) -> list[float]:
     await page.wait_for_selector("body[data-ready='true']")
-    target = page.locator(".cells > .cell.code").nth(100)
+    code_cells = await page.locator(".cells > .cell.code").count()
+    target = page.locator(".cells > .cell.code").nth(min(100, code_cells - 1))
     await target.scroll_into_view_if_needed()
     await target.locator(".cm-content").click()
     await page.keyboard.press("Control+End")
     await page.keyboard.press("Enter")
+    await page.wait_for_timeout(1000)  # the cells around it are built: typing starts in a settled page
     await page.evaluate("() => { window.__keyLatency = [] }")
     text = ("x = 1 + 2  # typing while measuring " * 10)[:count]
     await page.keyboard.type(text, delay=delay_ms)
@@ -238,12 +243,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--cells", type=int, default=300, help="cells in the generated notebook (default 300)")
+    parser.add_argument("--only", default="load,keystroke,run-all", help="measures to run (comma-separated)")
     args = parser.parse_args()
     from playwright.async_api import async_playwright
 
     with tempfile.TemporaryDirectory(prefix="crdtnb-page-bench-") as tmp:
         daemon = Daemon(Path(tmp))
-        nb = big_notebook()
+        nb = big_notebook(args.cells)
         text = json.dumps(nb, indent=1)
         (daemon.root / PATH).write_text(text)
         daemon.start()
@@ -251,13 +258,14 @@ async def main() -> None:
         try:
             async with async_playwright() as playwright:
                 browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                only = set(args.only.split(","))
                 await measure_load(browser, daemon)  # warm-up: the room is loaded, the bundle cached
-                loads = [await measure_load(browser, daemon) for _ in range(args.reps)]
+                loads = [await measure_load(browser, daemon) for _ in range(args.reps)] if "load" in only else []
                 typing: list[float] = []
-                for _ in range(args.reps):
+                for _ in range(args.reps if "keystroke" in only else 0):
                     typing += await measure_typing(browser, daemon)
                 flood: list[float] = []
-                for _ in range(args.reps):
+                for _ in range(args.reps if "run-all" in only else 0):
                     flood += await measure_typing_during_run_all(browser, daemon)
                 await browser.close()
         finally:

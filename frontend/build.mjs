@@ -9,6 +9,8 @@ import { fileURLToPath } from 'node:url'
 const here = dirname(fileURLToPath(import.meta.url))
 const outdir = join(here, '..', 'src', 'crdtnb', 'static')
 const watch = process.argv.includes('--watch')
+// `node build.mjs --no-minify`: readable names, for profiling (never commit that build)
+const minify = !process.argv.includes('--no-minify')
 
 // Only files this build produces live in static/: clear it so renamed outputs leave nothing stale.
 await mkdir(outdir, { recursive: true })
@@ -50,7 +52,7 @@ const options = {
   format: 'esm',
   platform: 'browser',
   target: 'es2022',
-  minify: true,
+  minify,
   sourcemap: false,
   legalComments: 'eof',
   charset: 'utf8',

@@ -74,6 +74,7 @@ export class CellView {
   private readonly rendered: HTMLElement
   private readonly markers: HTMLElement
   private readonly outputArea: HTMLElement
+  private readonly outputGutter: HTMLElement
   private readonly outputScroll: HTMLElement
   private readonly hiddenNote: HTMLButtonElement
   private readonly scrollToggle: HTMLButtonElement
@@ -134,8 +135,9 @@ export class CellView {
     })
     this.outputScroll = h('div', { class: 'output-scroll' }, this.outputs.element)
     this.outputArea = h('div', { class: 'output-area' }, this.hiddenNote, this.outputScroll, this.scrollToggle)
-    this.element = h('div', { class: 'cell', tabindex: -1 },
-      this.prompt, this.input, h('div', { class: 'output-gutter' }, this.outPrompt, this.collapser), this.outputArea, this.markers)
+    this.outputGutter = h('div', { class: 'output-gutter' }, this.outPrompt, this.collapser)
+    // a cell not built yet holds its prompt and source only: fewer nodes for the page to lay out
+    this.element = h('div', { class: 'cell', tabindex: -1 }, this.prompt, this.input, this.markers)
     this.lineNumbersOn = host.lineNumbers()
     this.element.addEventListener('mousedown', (event) => {
       const target = event.target as HTMLElement
@@ -197,6 +199,8 @@ export class CellView {
     if (this.previewFrame) cancelAnimationFrame(this.previewFrame)
     this.previewFrame = 0
     this.element.classList.remove('lazy')
+    this.element.insertBefore(this.outputGutter, this.markers)
+    this.element.insertBefore(this.outputArea, this.markers)
     this.buildTools()
     this.bindSource(true)
     this.outputs.show()

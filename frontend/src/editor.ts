@@ -15,7 +15,6 @@ import { HighlightStyle, syntaxHighlighting, indentOnInput, bracketMatching, ind
 import { closeBrackets, closeBracketsKeymap } from '@codemirror/autocomplete'
 import { highlightSelectionMatches } from '@codemirror/search'
 import { python } from '@codemirror/lang-python'
-import { markdown } from '@codemirror/lang-markdown'
 import { tags as t } from '@lezer/highlight'
 
 /** The CSP nonce for CodeMirror's <style> elements, from the page shell. */
@@ -73,6 +72,15 @@ export interface EditorOptions {
 }
 
 const gutter = new Compartment()
+const markdownLanguage = new Compartment()
+
+// Markdown's language (with the HTML, CSS and JavaScript it embeds: ~180 KB) is loaded when
+// the first markdown cell is edited, not with the page.
+let markdownSupport: Promise<Extension> | null = null
+function loadMarkdown (): Promise<Extension> {
+  markdownSupport ??= import('@codemirror/lang-markdown').then((module) => module.markdown())
+  return markdownSupport
+}
 
 /** Show or hide line numbers in an editor (L in command mode). */
 export function setLineNumbers (view: EditorView, on: boolean): void {
@@ -81,7 +89,7 @@ export function setLineNumbers (view: EditorView, on: boolean): void {
 
 function languageExtension (language: Language): Extension {
   if (language === 'python') return python()
-  if (language === 'markdown') return [markdown(), EditorView.lineWrapping]
+  if (language === 'markdown') return [markdownLanguage.of([]), EditorView.lineWrapping]
   return EditorView.lineWrapping
 }
 
@@ -114,8 +122,15 @@ export function createEditor (parent: HTMLElement, options: EditorOptions): Edit
     }),
     EditorView.contentAttributes.of({ 'aria-label': `${options.language} cell editor` })
   ]
-  return new EditorView({
+  const view = new EditorView({
     parent,
     state: EditorState.create({ doc: options.ytext.toString(), extensions })
   })
+  if (options.language === 'markdown') {
+    void loadMarkdown().then((support) => {
+      // the editor may be gone by then (a cell rendered again, deleted)
+      if (view.dom.isConnected || view.dom.parentElement) view.dispatch({ effects: markdownLanguage.reconfigure(support) })
+    })
+  }
+  return view
 }

@@ -95,7 +95,9 @@ export class KernelMonitor {
       this.status = status
       this.render()
     }
-    void this.refresh()
+    // the doc says the status; the API is asked only to settle cells sent from this page (a
+    // run of all cells flips busy/idle hundreds of times: no request for each)
+    if (this.localPending.size > 0 || !status) void this.refresh()
   }
 
   async refresh (): Promise<void> {

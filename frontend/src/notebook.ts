@@ -21,10 +21,13 @@ const RESTORE = { name: 'crdtnb-restore' }
 const OUTPUTS = { name: 'crdtnb-outputs' }
 
 // Notebooks up to this many cells build every cell at once; longer ones build a cell when it
-// comes within LAZY_MARGIN of the viewport (the first EAGER_CELLS right away).
+// comes within LAZY_MARGIN_PX of the viewport (the first EAGER_CELLS right away). The check
+// runs on scroll, resize and cell changes, not every frame (an IntersectionObserver on
+// hundreds of cells costs every keystroke a recomputation).
 const LAZY_ABOVE = 40
-const EAGER_CELLS = 10
-const LAZY_MARGIN = '1500px 0px'
+const EAGER_CELLS = 4
+const LAZY_MARGIN_PX = 1200
+const BUILD_BUDGET_MS = 8
 const LINE_NUMBERS_KEY = 'crdtnb-line-numbers'
 
 export interface NotebookOptions {
@@ -57,7 +60,9 @@ export class NotebookView implements KeyActions {
   private mode: 'command' | 'edit' = 'command'
   private readonly history: StructureHistory
   private readonly host: CellHost
-  private readonly lazy: IntersectionObserver
+  /** cells not built yet (long notebooks), and the frame that will look for visible ones */
+  private readonly unbuilt = new Set<CellView>()
+  private lazyFrame = 0
   private readOnly = false
   private applyingLocal = false
   private lineNumbersAll: boolean
@@ -97,13 +102,8 @@ export class NotebookView implements KeyActions {
       h('button', { type: 'button', class: 'btn', onclick: () => this.insertAt(0, 'code') }, icon('plus'), ' Code cell'),
       h('button', { type: 'button', class: 'btn', onclick: () => this.insertAt(0, 'markdown') }, icon('plus'), ' Markdown cell'))
     this.element = h('main', { class: 'notebook', 'aria-label': 'Notebook' }, this.list, this.empty)
-    this.lazy = new IntersectionObserver((entries) => {
-      for (const entry of entries) {
-        if (!entry.isIntersecting) continue
-        this.lazy.unobserve(entry.target)
-        this.byElement.get(entry.target)?.materialize()
-      }
-    }, { rootMargin: LAZY_MARGIN })
+    window.addEventListener('scroll', this.scheduleBuild, { passive: true })
+    window.addEventListener('resize', this.scheduleBuild)
     this.cells.observe((event) => this.reconcile(event.transaction))
     this.removeKeys = installCommandKeys(this)
     document.addEventListener('focusin', this.onFocusIn)
@@ -130,7 +130,7 @@ export class NotebookView implements KeyActions {
             transaction !== null && !transaction.local) {
           lost = this.captureEdit(view)
         }
-        this.lazy.unobserve(view.element)
+        this.unbuilt.delete(view)
         view.destroy()
         this.views.delete(ymap)
         this.selected.delete(view)
@@ -147,7 +147,7 @@ export class NotebookView implements KeyActions {
         this.views.set(ymap, view)
         this.byElement.set(view.element, view)
         if (eager || (first && order.length < EAGER_CELLS)) view.materialize()
-        else this.lazy.observe(view.element)
+        else this.unbuilt.add(view)
       }
       order.push(view)
       byId.set(view.id, view)
@@ -175,6 +175,53 @@ export class NotebookView implements KeyActions {
     if (this.active) this.activeIndex = order.indexOf(this.active)
     this.showSelection()
     this.showPeers(this.peers)
+    if (this.unbuilt.size) this.scheduleBuild()
+  }
+
+  private readonly scheduleBuild = (): void => {
+    if (this.lazyFrame || !this.unbuilt.size) return
+    this.lazyFrame = requestAnimationFrame(() => {
+      this.lazyFrame = 0
+      this.buildNearViewport()
+    })
+  }
+
+  /** Build the cells within LAZY_MARGIN_PX of the viewport, the visible ones first, for at
+   * most BUILD_BUDGET_MS a frame (reads first, then writes; the rest in the next frames). */
+  private buildNearViewport (): void {
+    for (const view of this.unbuilt) if (view.isMaterialized) this.unbuilt.delete(view)
+    if (!this.unbuilt.size) return
+    const height = window.innerHeight
+    const top = -LAZY_MARGIN_PX
+    const bottom = height + LAZY_MARGIN_PX
+    const order = this.order
+    // the first cell whose bottom is below `top` (cells are in document order)
+    let lo = 0
+    let hi = order.length
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1
+      if (order[mid].element.getBoundingClientRect().bottom < top) lo = mid + 1
+      else hi = mid
+    }
+    const near: Array<{ view: CellView, distance: number }> = []
+    for (let i = lo; i < order.length; i++) {
+      const rect = order[i].element.getBoundingClientRect()
+      if (rect.top > bottom) break
+      if (this.unbuilt.has(order[i])) {
+        near.push({ view: order[i], distance: rect.bottom < 0 ? -rect.bottom : rect.top > height ? rect.top - height : 0 })
+      }
+    }
+    near.sort((a, b) => a.distance - b.distance)
+    const deadline = performance.now() + BUILD_BUDGET_MS
+    let built = 0
+    for (const { view } of near) {
+      if (built > 0 && performance.now() > deadline) break
+      view.materialize()
+      this.unbuilt.delete(view)
+      built++
+    }
+    // built cells grow, and some may be left: look again next frame
+    if (built) this.scheduleBuild()
   }
 
   private captureEdit (view: CellView): LostEdit {
@@ -821,7 +868,9 @@ export class NotebookView implements KeyActions {
     document.removeEventListener('copy', this.onCopy)
     document.removeEventListener('cut', this.onCut)
     document.removeEventListener('paste', this.onPaste)
-    this.lazy.disconnect()
+    window.removeEventListener('scroll', this.scheduleBuild)
+    window.removeEventListener('resize', this.scheduleBuild)
+    if (this.lazyFrame) cancelAnimationFrame(this.lazyFrame)
     for (const view of this.views.values()) view.destroy()
     this.views.clear()
   }

@@ -69,6 +69,7 @@ export class Presence {
   readonly nameInput: HTMLInputElement
   private user: UserInfo
   private listeners: Array<(peers: Peer[]) => void> = []
+  private renderedKey: string | null = null
 
   constructor (private readonly awareness: Awareness, accountName?: string | null) {
     this.user = localUser(accountName)
@@ -165,6 +166,10 @@ export class Presence {
 
   private render (): void {
     const peers = this.peers()
+    // awareness changes with every caret move: rebuild only when who is here, or where, changed
+    const key = peers.map((p) => `${p.clientId}\u0000${p.user.name}\u0000${p.user.color}\u0000${p.cell ?? ''}`).join('\u0001')
+    if (key === this.renderedKey) return
+    this.renderedKey = key
     clear(this.element)
     for (const peer of peers) {
       const label = peer.self ? `${peer.user.name} (you)` : peer.user.name
