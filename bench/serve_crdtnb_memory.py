@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from crdtnb import RoomSettings, create_app
+from crdtnb import RoomSettings, Settings, create_app
 
 
 class MemoryStore:
@@ -73,9 +73,17 @@ def main() -> None:
         token=args.token,
         state_dir=args.state_dir,
         store=MemoryStore(),
-        settings=RoomSettings(idle_timeout=args.idle_timeout),
+        settings=Settings(rooms=RoomSettings(idle_timeout=args.idle_timeout)),
     )
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", ws_max_size=16 * 2**20, lifespan="on")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        ws_max_size=16 * 2**20,
+        ws_per_message_deflate=False,  # as `crdtnb serve`: the two differ only in the store
+        lifespan="on",
+    )
 
 
 if __name__ == "__main__":

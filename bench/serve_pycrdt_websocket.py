@@ -2,7 +2,7 @@
 as Jupyter's collaboration stack runs it (no store: a pure relay with server-held docs).
 
 Rooms are never auto-cleaned (pycrdt-websocket 0.16.5 stops syncing new rooms after the
-first auto-clean, see shared/REFERENCE.md §3), and exceptions go to pycrdt-websocket's own
+first auto-clean, as seen in our own runs), and exceptions go to pycrdt-websocket's own
 ``exception_logger``, as Jupyter's collaboration server configures it: without it, one send to a
 client that just left (uvicorn's ClientDisconnected) ends the room's task group and with it the
 whole WebsocketServer (seen in this harness's reconnect test). Usage: python bench/serve_pycrdt_websocket.py --port P

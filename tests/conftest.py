@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,12 @@ import nbformat
 import pytest
 
 from crdtnb.client import NotebookClient, connect
+from crdtnb.compaction import Compaction
+from crdtnb.daemon import Daemon as Core
+from crdtnb.filesync import FileSyncExtension
 from crdtnb.protocol import encode_sync_step1
+from crdtnb.settings import Settings
+from crdtnb.store import Store
 
 TOKEN = "test-token-not-secret"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -43,6 +49,14 @@ def write_notebook(path: Path, sources: list[str], cell_type: str = "code") -> P
     return path
 
 
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
 def read_sources(path: Path) -> list[str]:
     """Cell sources as saved on disk (nbformat splits them into lines)."""
     return ["".join(cell["source"]) for cell in json.loads(path.read_text())["cells"]]
@@ -51,11 +65,21 @@ def read_sources(path: Path) -> list[str]:
 class Daemon:
     """``crdtnb serve`` as a child process, started and stopped by the test."""
 
-    def __init__(self, root: Path, *args: str, token: str = TOKEN, state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *args: str,
+        token: str = TOKEN,
+        state_dir: Path | None = None,
+        preexec_fn: Callable[[], Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
+        self.preexec_fn = preexec_fn  # e.g. resource limits for the child
         self.args = list(args)
         self.token = token
         self.state_dir = state_dir
+        self.env = env  # variables set on top of the test's environment
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root.parent / f"daemon-{self.port}.log"
@@ -67,7 +91,8 @@ class Daemon:
             cmd += ["--state-dir", str(self.state_dir)]
         cmd += self.args
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **self.env} if self.env else None
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -98,9 +123,11 @@ class Daemon:
         self.process.wait(10)
         self.process = None
 
-    def restart(self) -> Daemon:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def restart(self, same_port: bool = False) -> Daemon:
+        """Start again, on a new port unless ``same_port`` (where clients reconnect)."""
+        if not same_port:
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
         return self.start()
 
     async def connect(self, path: str, **kwargs: Any) -> NotebookClient:
@@ -142,6 +169,16 @@ class Daemon:
 
     def health(self) -> dict[str, Any]:
         return httpx.get(f"{self.url}/api/health", timeout=5).json()
+
+
+@asynccontextmanager
+async def in_process(root: Path, store: Store | None = None, extensions: Sequence[object] = (), **sections: Any) -> AsyncIterator[Core]:
+    """The daemon's core in this process (no HTTP): its files and compaction extensions,
+    a state directory beside ``root``, settings sections as given."""
+    settings = Settings(root=root, state_dir=root.parent / "state", **sections)
+    builtin = [FileSyncExtension(settings.files), Compaction(settings.rooms.compact_min_interval)]
+    async with Core(settings, store=store, extensions=[*builtin, *extensions]) as core:
+        yield core
 
 
 @pytest.fixture

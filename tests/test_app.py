@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
 import nbformat
 
-from .conftest import Daemon
+from .conftest import Daemon, eventually
 
 
 def test_health_needs_no_token_and_reports_rooms(daemon: Daemon) -> None:
@@ -47,3 +48,26 @@ async def test_create_notebook_then_sync_it(daemon: Daemon, root: Path) -> None:
     await client.close()
     assert daemon.get("/api/notebooks/nope.ipynb").status_code == 404
     assert daemon.post("/api/notebooks/not-a-notebook.txt").status_code == 400
+
+
+async def test_a_notebook_older_than_4_5_gets_cell_ids_over_rest_and_on_disk(daemon: Daemon, root: Path) -> None:
+    """Most notebooks in the wild are older than 4.5: REST users need ids to run cells, and
+    the file is saved as 4.5 (as JupyterLab saves it)."""
+    old = nbformat.v4.new_notebook()
+    old.nbformat_minor = 4
+    old.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_markdown_cell("# hi")]
+    for cell in old.cells:
+        del cell["id"]
+    (root / "old.ipynb").write_text(json.dumps(old))
+    nb = daemon.notebook("old.ipynb")
+    assert nb["nbformat_minor"] == 5
+    ids = [cell["id"] for cell in nb["cells"]]
+    assert all(ids) and len(set(ids)) == 2
+    response = daemon.post("/api/notebooks/old.ipynb/execute", json={"cell_ids": [ids[0]]})
+    assert response.status_code == 202 and response.json()["queued"] == [ids[0]]
+
+    def saved_as_4_5() -> bool:
+        on_disk = json.loads((root / "old.ipynb").read_text())
+        return on_disk["nbformat_minor"] == 5 and [c.get("id") for c in on_disk["cells"]] == ids
+
+    await eventually(saved_as_4_5, timeout=15)

@@ -148,3 +148,27 @@ def test_jupyterlab_model_round_trip(served: Daemon, nb_path: str) -> None:
             pytest.fail(f"{nb_path} on disk lacks the edits {SAVE_WAIT} s after they were made:\n{served.log()}")
         time.sleep(0.2)
     check(on_disk, f"{nb_path} on disk")
+
+
+async def test_jupyterlab_model_reads_the_notebook_after_schema_attacks(served: Daemon) -> None:
+    """The attacks that once made JupyterLab's model show 0 cells or throw (a cell that is
+    a Text, a cell type "evil", outputs that are a string, meta.nbformat "evil") are
+    repaired before any client, JupyterLab's model included, sees them."""
+    from pycrdt import Map, Text
+
+    nb_path = "intro.ipynb"
+    attacker = await served.connect(nb_path)
+    count = len(attacker.cells)
+    with attacker.doc.transaction():
+        attacker.cells.insert(0, Text("not a cell"))
+        first, second = attacker.cells[1], attacker.cells[2]
+        first["cell_type"] = "evil"
+        second["outputs"] = "a string"
+        attacker.doc.get("meta", type=Map)["nbformat"] = "evil"
+    await attacker.roundtrip()
+    await attacker.close()
+    synced, propagated = _run_compat(served, nb_path)
+    assert synced["cell_count"] == count
+    assert all(c["cell_type"] in ("code", "markdown", "raw") for c in synced["cells"])
+    assert synced["nbformat"] == 4
+    assert len(propagated["cells"]) == count + 1

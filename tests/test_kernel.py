@@ -250,16 +250,36 @@ async def test_code_is_the_source_when_the_cell_starts(kernel_daemon: Daemon, ro
 
 
 async def test_daemon_shutdown_leaves_no_kernel_process(kernel_daemon: Daemon, root: Path) -> None:
-    write_notebook(root / "pid.ipynb", ["import os; print(os.getpid())"])
+    write_notebook(root / "pid.ipynb", ["print('running')"])
     client = await kernel_daemon.connect("pid.ipynb")
     cell = client.cell_ids()[0]
     await client.execute([cell])
     await _wait_idle(client, cell)
-    pid = int(_stream_text(client.outputs(cell)))
-    os.kill(pid, 0)  # alive now
+    # The kernel's processes as the host sees them (a sandboxed kernel's own
+    # os.getpid() is a pid of its namespace).
+    assert kernel_daemon.process is not None
+    pids = _descendants(kernel_daemon.process.pid)
+    assert pids and all(_alive(pid) for pid in pids)
     await client.close()
     assert kernel_daemon.stop() == 0
-    await eventually(lambda: not _alive(pid), timeout=10)
+    await eventually(lambda: not any(_alive(pid) for pid in pids), timeout=10)
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                # The command name may hold spaces: the fields after its ')' are fixed.
+                parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -273,3 +293,37 @@ def _alive(pid: int) -> bool:
             return handle.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_an_empty_cell_is_not_run_and_keeps_no_execution_count(kernel_daemon: Daemon, root: Path) -> None:
+    """As in JupyterLab and nbclient: an empty cell is skipped, its outputs cleared."""
+    write_notebook(root / "empty.ipynb", ["", "  \n\t", "print('ran')"])
+    client = await kernel_daemon.connect("empty.ipynb")
+    blank, spaces, code = client.cell_ids()
+    await client.execute([blank, spaces, code])
+    await _wait_idle(client, blank, spaces, code)
+    assert [_count(client, c) for c in (blank, spaces, code)] == [None, None, 1]
+    assert client.outputs(blank) == [] and client.outputs(spaces) == []
+    await client.close()
+
+
+@pytest.mark.parametrize("stop", ["kill", "term"])
+async def test_a_cell_cut_off_by_a_server_stop_gets_a_note(kernel_daemon: Daemon, root: Path, stop: str) -> None:
+    write_notebook(root / "cut.ipynb", ["import time\nprint('started', flush=True)\ntime.sleep(60)"])
+    client = await kernel_daemon.connect("cut.ipynb")
+    cell = client.cell_ids()[0]
+    await client.execute([cell])
+    await client.wait_for(lambda _: "started" in _stream_text(client.outputs(cell)), timeout=RUN_TIMEOUT)
+    await client.close()
+    if stop == "kill":
+        kernel_daemon.kill()
+    else:
+        assert kernel_daemon.stop() == 0
+    kernel_daemon.restart()
+    later = await kernel_daemon.connect("cut.ipynb")
+    await _wait_idle(later, cell, timeout=10)
+    outputs = later.outputs(cell)
+    assert _stream_text(outputs) == "started\n"  # what it printed is kept ...
+    assert outputs[-1]["output_type"] == "error" and outputs[-1]["ename"] == "KernelLost"  # ... with a note
+    assert later.state.get("kernel_status") in (None, "none")
+    await later.close()

@@ -21,14 +21,8 @@ from nbformat.v4 import (
 )
 from pycrdt import Array, Doc, Map, Text
 
-from crdtnb.notebook import (
-    apply_notebook_changes,
-    export_notebook,
-    load_notebook,
-    merge_disk_changes,
-    new_cell_map,
-    new_output_map,
-)
+from crdtnb.merge import apply_notebook_changes, merge_disk_changes
+from crdtnb.notebook import export_notebook, load_notebook, new_cell_map, new_output_map
 
 UNICODE = "Zoë — 日本語 🚀"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -143,6 +137,19 @@ def reference(nb: Any) -> dict[str, Any]:
     return plain(nbformat.reads(nbformat.writes(nbformat.from_dict(copy.deepcopy(nb))), 4))
 
 
+def upgraded(exported: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """``ref`` as crdtnb exports it: nbformat 4.5 at least, with the export's cell ids
+    given to a notebook that had none (as JupyterLab saves an older notebook)."""
+    ref = copy.deepcopy(ref)
+    if ref["nbformat_minor"] < 5:
+        ref["nbformat_minor"] = 5
+        assert len(exported["cells"]) == len(ref["cells"])
+        for cell, out in zip(ref["cells"], exported["cells"]):
+            assert "id" not in cell and out["id"]
+            cell["id"] = out["id"]
+    return ref
+
+
 def loaded(nb: Any) -> Doc:
     doc = Doc()
     load_notebook(doc, nb)
@@ -180,9 +187,9 @@ def test_load_matches_ynotebook_and_nbformat(name: str) -> None:
     nb = NOTEBOOKS[name]()
     ref = reference(nb)
     doc = loaded(nb)
-    assert plain(YNotebook(doc).get()) == ref
     exported = export_notebook(doc)
-    assert exported == ref
+    assert exported == upgraded(exported, ref)
+    assert plain(YNotebook(doc).get()) == exported
     validate(exported)
 
 
@@ -193,8 +200,9 @@ def test_load_from_split_lines_json(name: str) -> None:
     raw = json.loads(nbformat.writes(nb))
     assert any(isinstance(c["source"], list) for c in raw["cells"]) or not raw["cells"]
     doc = loaded(raw)
-    assert export_notebook(doc) == reference(nb)
-    assert plain(YNotebook(doc).get()) == reference(nb)
+    exported = export_notebook(doc)
+    assert exported == upgraded(exported, reference(nb))
+    assert plain(YNotebook(doc).get()) == exported
 
 
 @pytest.mark.parametrize("name", ["rich", "unicode", "nbformat-4.4-no-ids"])
@@ -203,7 +211,7 @@ def test_doc_written_by_ynotebook_exports_same(name: str) -> None:
     doc = Doc()
     YNotebook(doc).set(copy.deepcopy(ref))
     exported = export_notebook(doc)
-    assert exported == ref
+    assert exported == upgraded(exported, ref)
     validate(exported)
 
 
@@ -223,7 +231,8 @@ def test_round_trip_through_update_encoding(name: str) -> None:
     doc = loaded(nb)
     other = Doc()
     other.apply_update(doc.get_update())
-    assert export_notebook(other) == export_notebook(doc) == reference(nb)
+    exported = export_notebook(doc)
+    assert export_notebook(other) == exported == upgraded(exported, reference(nb))
 
 
 def test_schema_types() -> None:
@@ -266,12 +275,17 @@ def test_schema_types() -> None:
     assert str(stdout["text"]) == "0\n1\n2\n"
 
 
-def test_ids_given_to_cells_without_id() -> None:
+def test_a_notebook_older_than_4_5_gets_ids_and_becomes_4_5() -> None:
+    # As JupyterLab saves it; REST and curl users need the ids to run cells.
     doc = loaded(old_notebook_without_ids())
     ids = [ycell["id"] for ycell in ycells(doc)]
     assert all(isinstance(i, str) and i for i in ids)
     assert len(set(ids)) == len(ids)
-    assert all("id" not in cell for cell in export_notebook(doc)["cells"])
+    exported = export_notebook(doc)
+    assert [cell["id"] for cell in exported["cells"]] == ids
+    assert exported["nbformat_minor"] == 5
+    assert doc.get("meta", type=Map)["nbformat_minor"] == 5
+    validate(exported)
 
 
 def test_load_refuses_a_non_empty_doc() -> None:
@@ -597,17 +611,19 @@ def test_unchanged_notebook_writes_nothing() -> None:
 
 
 def test_changes_to_a_notebook_without_ids_keep_cell_identity() -> None:
+    # The file on disk stays 4.4 (no ids): an outside tool rewrote it.
     nb = reference(old_notebook_without_ids())
     doc = loaded(nb)
     ids = [y["id"] for y in ycells(doc)]
-    old = export_notebook(doc)
+    old = copy.deepcopy(nb)
     new = copy.deepcopy(old)
     new["cells"][1]["source"] += "\nprint('more')"
     new["cells"].insert(3, plain(new_markdown_cell("inserted")))
     del new["cells"][3]["id"]
     del new["cells"][5]
     apply_notebook_changes(doc, old, new)
-    assert export_notebook(doc) == new
+    exported = export_notebook(doc)
+    assert exported == upgraded(exported, new)
     after = [y["id"] for y in ycells(doc)]
     assert after[:3] == ids[:3]  # the edited cell was edited in place, not replaced
     assert after[4:] == [ids[3], ids[5], ids[6]]

@@ -2,9 +2,31 @@
 
 from .app import NotebookSync, create_app
 from .auth import Action, User
-from .rooms import RoomSettings
-from .transport import TransportLimits
+from .extensions import Extension
+from .settings import (
+    AccessSettings,
+    FileSettings,
+    KernelSettings,
+    RoomSettings,
+    ServerSettings,
+    Settings,
+    TransportLimits,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["Action", "NotebookSync", "RoomSettings", "TransportLimits", "User", "create_app", "__version__"]
+__all__ = [
+    "AccessSettings",
+    "Action",
+    "Extension",
+    "FileSettings",
+    "KernelSettings",
+    "NotebookSync",
+    "RoomSettings",
+    "ServerSettings",
+    "Settings",
+    "TransportLimits",
+    "User",
+    "create_app",
+    "__version__",
+]

@@ -21,10 +21,20 @@ OWNER = User("owner")
 
 
 class AccountAuth:
-    def __init__(self, users: UserStore, signer: SessionSigner, admin_token: str | None = None) -> None:
+    def __init__(
+        self,
+        users: UserStore,
+        signer: SessionSigner,
+        admin_token: str | None = None,
+        *,
+        kernels_isolated: bool = False,
+    ) -> None:
         self.users = users
         self.signer = signer
         self._admin_token = admin_token.encode() if admin_token else None
+        # Unconfined kernels run as the daemon's OS user, so a runner role limited to
+        # some paths would limit nothing: then only a global runner role runs code.
+        self.kernels_isolated = kernels_isolated
 
     def authenticate(self, conn: HTTPConnection) -> User | None:
         token = request_token(conn)
@@ -35,7 +45,8 @@ class AccountAuth:
             account = self.users.account_for_token(token)
             return User(account.name, account.name) if account else None
         session = self.signer.read(conn.cookies.get(COOKIE_NAME))
-        if session is None or self.users.get(session.user) is None:
+        # The session must still be on record: logout, passwd, revoke-tokens and remove end it.
+        if session is None or self.users.session_user(session.id) != session.user:
             return None
         return User(session.user, session.user, csrf=session.csrf)
 
@@ -49,4 +60,9 @@ class AccountAuth:
 
     def authorize(self, user: User, path: str, action: Action) -> bool:
         role = self.role(user, path)
-        return role is not None and role >= REQUIRED_ROLE[action]
+        if role is None or role < REQUIRED_ROLE[action]:
+            return False
+        if action is Action.EXECUTE and not self.kernels_isolated:
+            global_role = self.role(user, "")
+            return global_role is not None and global_role >= Role.RUNNER
+        return True

@@ -1,346 +1,198 @@
-"""The embeddable application: routes, lifespan and the auth hooks.
+"""The composition root: what a host mounts (``NotebookSync``) and the complete app
+(``create_app``).
 
-``NotebookSync`` is the lower-level object a host mounts; ``create_app`` wraps it
-in a complete Starlette app. Starlette does not run the lifespan of a mounted
-app, so every endpoint refuses to work (with an error naming the fix) until the
-host runs ``sync.lifespan``.
+``NotebookSync`` assembles the daemon (daemon.py) from one ``Settings`` tree, the
+auth hooks, the HTTP API (api.py), the sync endpoint (sync_endpoint.py) and the
+extensions: the daemon's own (the .ipynb files, log compaction, kernels) first, then
+the host's. Starlette does not run the lifespan of a mounted app, so every endpoint
+refuses to work (with an error naming the fix) until the host runs ``sync.lifespan``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import hmac
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, Router, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.routing import BaseRoute, Router, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from .accounts import AccountAuth
-from .auth import Action, Authenticate, Authorize, User, allow_all, call_hook
+from .api import Api
+from .auth import Authenticate, Authorize, allow_all
+from .bodies import capped
+from .compaction import Compaction
+from .connections import ConnectionRegistry, watch_changes
+from .daemon import Daemon
 from .fanout import Fanout
-from .files import InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
-from .notebook import export_notebook
-from .kernel import AgentSettings, KernelAgents
+from .filesync import FileSyncExtension
+from .kernel import Kernels
 from .login import login_routes
 from .pages import page_routes
-from .rooms import RoomManager, RoomSettings
-from .sessions import CSRF_HEADER, LoginLimiter, SessionSigner, load_secret
-from .store import SQLiteStore, Store
-from .transport import CloseCode, TransportLimits, run_peer
+from .sandbox import choose_sandbox
+from .sessions import LoginLimiter, SessionSigner, load_secret
+from .settings import Settings
+from .store import Store
+from .sync_endpoint import SyncEndpoint
 from .users import UserStore
 
 logger = logging.getLogger("crdtnb.app")
 
-SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-NOT_STARTED = (
-    "crdtnb is not started: run its lifespan in the host app "
-    "(Starlette(..., lifespan=sync.lifespan)); Starlette does not run lifespans of mounted apps"
-)
-
-
-Handler = Callable[["NotebookSync", Request, str], Awaitable[Response]]
-
-
-def _api(action: Action) -> Callable[[Handler], Callable[["NotebookSync", Request], Awaitable[Response]]]:
-    """An API endpoint: authenticate, authorize ``action`` on the notebook path of the
-    URL (the server itself when there is none), and turn file errors into statuses."""
-
-    def wrap(handler: Handler) -> Callable[[NotebookSync, Request], Awaitable[Response]]:
-        @functools.wraps(handler)
-        async def endpoint(self: NotebookSync, request: Request) -> Response:
-            path = request.path_params.get("path", "")
-            checked = await self._check_http(request, path, action)
-            if isinstance(checked, Response):
-                return checked
-            try:
-                return await handler(self, request, path)
-            except Exception as exc:
-                return _file_error(exc)
-
-        return endpoint
-
-    return wrap
-
 
 class NotebookSync:
-    """The crdtnb service: mount ``sync.routes`` (or ``sync`` itself) and run ``sync.lifespan``."""
+    """The crdtnb service: mount it (or its ``routes``) and run its ``lifespan``.
+
+    ``settings`` is the whole tree (settings.py); ``root``, ``token`` and ``state_dir``
+    are shortcuts for its fields. Without ``authenticate``, the daemon's own accounts
+    are used (with ``token`` as an admin credential)."""
 
     def __init__(
         self,
-        root: str | os.PathLike[str],
+        root: str | os.PathLike[str] | None = None,
         *,
+        settings: Settings | None = None,
+        token: str | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         store: Store | None = None,
+        fanout: Fanout | None = None,
         authenticate: Authenticate | None = None,
         authorize: Authorize | None = None,
-        token: str | None = None,
-        settings: RoomSettings | None = None,
-        limits: TransportLimits | None = None,
-        compact_after_updates: int = 1000,
-        fanout: Fanout | None = None,
-        kernel_settings: AgentSettings | None = None,
-        allowed_origins: Iterable[str] = (),
+        extensions: Iterable[object] = (),
     ) -> None:
-        self.files = NotebookFiles(root)
-        self.state_dir = Path(state_dir) if state_dir else self.files.root / ".crdtnb"
-        self.store = store or SQLiteStore(
-            self.state_dir / "crdtnb.sqlite3", compact_threshold_rows=compact_after_updates
+        settings = settings or Settings()
+        if root is not None:
+            settings = replace(settings, root=root)
+        if state_dir is not None:
+            settings = replace(settings, state_dir=state_dir)
+        if token is not None:
+            settings = replace(settings, access=replace(settings.access, token=token))
+        self.settings = settings
+        # Raises when a sandbox was asked for and cannot work on this machine.
+        launcher, self.isolation = choose_sandbox(
+            settings.kernels.sandbox, settings.root.resolve(), hidden=[settings.state_path]
         )
-        self.allowed_origins = {o.rstrip("/") for o in allowed_origins}
+        self.kernels_isolated = launcher is not None
+        self.files_extension = FileSyncExtension(settings.files)
+        self.kernels = Kernels(settings.kernels, launcher)
+        builtin = [self.files_extension, Compaction(settings.rooms.compact_min_interval), self.kernels]
+        self.daemon = Daemon(settings, store=store, fanout=fanout, extensions=[*builtin, *extensions])
         self.accounts: AccountAuth | None = None
+        self.login_limiter = LoginLimiter()
         if authenticate is None:
-            # The daemon's own accounts, with the token (if any) as an admin credential.
-            signer = SessionSigner(load_secret(self.state_dir))
-            self.accounts = AccountAuth(UserStore(self.state_dir), signer, token)
-            self.login_limiter = LoginLimiter()
+            state = settings.state_path
+            self.accounts = AccountAuth(
+                UserStore(state),
+                SessionSigner(load_secret(state)),
+                settings.access.token,
+                kernels_isolated=self.kernels_isolated,
+            )
             authenticate = self.accounts.authenticate
             authorize = authorize or self.accounts.authorize
-        self.authenticate = authenticate
-        self.authorize = authorize or allow_all
-        self.rooms = RoomManager(self.files, self.store, settings, fanout)
-        self.kernels = KernelAgents(self.rooms, kernel_settings)
-        self.limits = limits or TransportLimits()
-        self.started = False
-        self._connections = 0
-        self._router = Router(routes=self.routes)
+        self.api = Api(self.daemon, authenticate, authorize or allow_all, settings.access.allowed_origins, self.accounts)
+        self.connections = ConnectionRegistry(self.api.authenticate, self.api.authorize)
+        self.sync = SyncEndpoint(self.api, settings.transport, self.connections)
+        self._routes = self._build_routes()
+        self._router = Router(routes=self._routes)
+        self._log_isolation()
+
+    # -- parts ------------------------------------------------------------------------
+
+    @property
+    def files(self) -> Any:
+        return self.daemon.files
+
+    @property
+    def rooms(self) -> Any:
+        return self.daemon.rooms
+
+    @property
+    def store(self) -> Store:
+        return self.daemon.store
+
+    @property
+    def state_dir(self) -> Any:
+        return self.daemon.state_dir
+
+    @property
+    def started(self) -> bool:
+        return self.daemon.started
 
     @property
     def routes(self) -> list[BaseRoute]:
-        login: list[BaseRoute] = []
+        return list(self._routes)
+
+    def _build_routes(self) -> list[BaseRoute]:
+        routes: list[BaseRoute] = []
         if self.accounts is not None:
-            login = login_routes(self.accounts.users, self.accounts.signer, self.login_limiter, self.origin_allowed)
-        return login + [
-            Route("/api/session", self.session, methods=["GET"]),
-            WebSocketRoute("/api/sync/{path:path}", _RawASGI(self.sync_endpoint)),
-            Route("/api/health", self.health, methods=["GET"]),
-            Route("/api/notebooks", self.list_notebooks, methods=["GET"]),
-            # Kernel routes come before the catch-all notebook routes.
-            Route("/api/notebooks/{path:path}/execute", self.execute, methods=["POST"]),
-            Route("/api/notebooks/{path:path}/interrupt", self.kernel_action, methods=["POST"]),
-            Route("/api/notebooks/{path:path}/restart", self.kernel_action, methods=["POST"]),
-            Route("/api/notebooks/{path:path}/shutdown", self.kernel_action, methods=["POST"]),
-            Route("/api/notebooks/{path:path}/kernel", self.kernel_status, methods=["GET"]),
-            Route("/api/notebooks/{path:path}", self.get_notebook, methods=["GET"]),
-            Route("/api/notebooks/{path:path}", self.create_notebook, methods=["POST"]),
-            *page_routes(),
-        ]
+            routes += login_routes(
+                self.accounts.users, self.accounts.signer, self.login_limiter, self.api.origin_allowed
+            )
+        routes.append(WebSocketRoute("/api/sync/{path:path}", self.sync))
+        # Extensions' routes come before the catch-all notebook routes.
+        for extension in self.daemon.extensions:
+            routes += getattr(extension, "routes", lambda api: ())(self.api)
+        routes += self.api.routes()
+        routes += page_routes()
+        return capped(routes)
+
+    # -- running ----------------------------------------------------------------------
 
     @asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
-        await self.store.start()
-        self.started = True
+        await self.daemon.start()
+        watcher: asyncio.Task[None] | None = None
+        if self.accounts is not None:
+            # `crdtnb users …` changes access from another process: notice it within 0.25 s.
+            changes = self.accounts.users.watch()
+            watcher = asyncio.create_task(watch_changes(changes.changed, self.recheck_connections))
         try:
             yield
         finally:
-            self.started = False
-            await self.kernels.close()
-            await self.rooms.close()
-            await self.store.close()
-            logger.info("all rooms saved; store closed")
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+                changes.close()
+            await self.daemon.stop()
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Lets a host ``Mount("/collab", app=sync)``."""
         await self._router(scope, receive, send)
 
-    # -- auth ------------------------------------------------------------------
+    async def recheck_connections(self) -> int:
+        """Authenticate and authorize every open websocket again, and close those
+        that lost access (4401: no longer authenticated; 4403: may no longer read,
+        or no longer write). The daemon's own accounts do this on every change;
+        a host with its own hooks calls it after changing who may do what.
+        Returns how many connections were closed."""
+        return await self.connections.recheck()
 
-    async def _user(self, conn: HTTPConnection) -> User | None:
-        return await call_hook(self.authenticate, conn)
-
-    async def _allowed(self, user: User, path: str, action: Action) -> bool:
-        return bool(await call_hook(self.authorize, user, path, action))
-
-    def origin_allowed(self, conn: HTTPConnection) -> bool:
-        """Browsers send Origin: it must be this server's own, or one allowed explicitly.
-        Clients that send none (scripts) are judged by their credentials alone."""
-        origin = conn.headers.get("origin")
-        if origin is None:
-            return True
-        origin = origin.rstrip("/")
-        scheme = {"ws": "http", "wss": "https"}.get(conn.url.scheme, conn.url.scheme)
-        own = f"{scheme}://{conn.headers.get('host', '')}"
-        return hmac.compare_digest(origin, own) or origin in self.allowed_origins
-
-    async def _check_http(self, request: Request, path: str, action: Action) -> User | Response:
-        if not self.started:
-            return _error(503, NOT_STARTED)
-        user = await self._user(request)
-        if user is None:
-            return _error(401, "authentication required: sign in, or pass a token as ?token= or 'Authorization: token …'")
-        if request.method not in SAFE_METHODS and user.csrf is not None:
-            # Cookie-authenticated: the browser sends the cookie on its own, so prove intent.
-            if not self.origin_allowed(request):
-                return _error(403, "cross-site request refused")
-            if not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), user.csrf):
-                return _error(403, "missing or wrong X-CSRF-Token header")
-        if not await self._allowed(user, path, action):
-            return _error(403, f"{user.name} may not {action.value} {path or 'this server'}")
-        return user
-
-    # -- websocket -----------------------------------------------------------------
-
-    async def sync_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
-        websocket = WebSocket(scope, receive, send)
-        await websocket.accept()
-        path = websocket.path_params["path"]
-        if not self.started:
-            await websocket.close(CloseCode.INTERNAL_ERROR, "crdtnb is not started (host must run sync.lifespan)")
+    def _log_isolation(self) -> None:
+        if self.kernels_isolated:
+            logger.info("%s: a kernel sees only its notebook's directory of %s", self.isolation, self.files.root)
             return
-        if not self.origin_allowed(websocket):
-            # Cross-site websocket hijacking: a foreign page riding on a user's cookie.
-            await websocket.close(CloseCode.FORBIDDEN, "origin not allowed")
-            return
-        user = await self._user(websocket)
-        if user is None:
-            await websocket.close(CloseCode.UNAUTHENTICATED, "authentication required")
-            return
-        try:
-            name = self.files.normalize(path)
-            self.files.resolve(name)
-        except PathError as exc:
-            await websocket.close(CloseCode.BAD_PATH, str(exc))
-            return
-        if not await self._allowed(user, name, Action.READ):
-            await websocket.close(CloseCode.FORBIDDEN, f"{user.name} may not read {name}")
-            return
-        can_write = await self._allowed(user, name, Action.WRITE)
-        try:
-            room = await self.rooms.acquire(name)
-        except NotebookNotFound as exc:
-            await websocket.close(CloseCode.NOT_FOUND, str(exc))
-            return
-        except InvalidNotebook as exc:
-            logger.error("%s", exc)
-            await websocket.close(CloseCode.INVALID_NOTEBOOK, str(exc)[:120])
-            return
-        except PathError as exc:
-            await websocket.close(CloseCode.BAD_PATH, str(exc))
-            return
-        self._connections += 1
-        client = websocket.client
-        label = f"{name} {user.name}@{client.host}:{client.port}" if client else f"{name} {user.name}"
-        try:
-            await run_peer(websocket, send, room, user=user, can_write=can_write, limits=self.limits, label=label)
-        finally:
-            self._connections -= 1
-            self.rooms.release(room)
-
-    # -- REST ----------------------------------------------------------------------
-
-    async def session(self, request: Request) -> Response:
-        """Who the caller is, what they may do here, and the CSRF token the page must send."""
-        if not self.started:
-            return _error(503, NOT_STARTED)
-        user = await self._user(request)
-        if user is None:
-            return _error(401, "not signed in")
-        role = self.accounts.role(user, "") if self.accounts else None
-        return JSONResponse(
-            {
-                "user": user.name,
-                "display_name": user.display_name or None,
-                "role": role.label if role else None,
-                "csrf": user.csrf,
-                "login": self.accounts is not None,
-            }
+        refused = " Runner roles limited with --path are refused." if self.accounts is not None else ""
+        logger.warning(
+            "kernels are NOT isolated (%s): anyone allowed to run code acts as this daemon's OS user "
+            "(uid %d): they can read its secrets (the session key, accounts and update log in %s) and "
+            "every file that user can, and rewrite any notebook.%s",
+            self.isolation,
+            os.getuid(),
+            self.state_dir,
+            refused,
         )
-
-    async def health(self, request: Request) -> Response:
-        if not self.started:
-            return _error(503, NOT_STARTED)
-        return JSONResponse({"status": "ok", "rooms": len(self.rooms.rooms), "connections": self._connections})
-
-    @_api(Action.READ)
-    async def list_notebooks(self, request: Request, path: str) -> Response:
-        entries = await asyncio.to_thread(self.files.list)
-        return JSONResponse(
-            {
-                "notebooks": [
-                    {"path": e.path, "name": e.name, "size": e.size, "last_modified": e.last_modified}
-                    for e in entries
-                ]
-            }
-        )
-
-    @_api(Action.READ)
-    async def get_notebook(self, request: Request, path: str) -> Response:
-        async with self.rooms.hold(path) as room:
-            return JSONResponse(export_notebook(room.doc))
-
-    @_api(Action.WRITE)
-    async def create_notebook(self, request: Request, path: str) -> Response:
-        nb = await asyncio.to_thread(self.files.create, path)
-        return JSONResponse({"path": self.files.normalize(path), "notebook": nb}, status_code=201)
-
-    # -- kernels -------------------------------------------------------------------
-
-    @_api(Action.EXECUTE)
-    async def execute(self, request: Request, path: str) -> Response:
-        try:
-            body = await request.json()
-            cell_ids = body["cell_ids"]
-            if not isinstance(cell_ids, list) or not all(isinstance(c, str) for c in cell_ids):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            return _error(400, 'expected a JSON body {"cell_ids": ["<cell id>", ...]}')
-        queued = await self.kernels.execute(path, cell_ids)
-        return JSONResponse({"queued": queued, **self.kernels.status(path)}, status_code=202)
-
-    @_api(Action.EXECUTE)
-    async def kernel_action(self, request: Request, path: str) -> Response:
-        action = request.url.path.rsplit("/", 1)[-1]
-        self.files.normalize(path)
-        await getattr(self.kernels, action)(path)
-        return JSONResponse(self.kernels.status(path))
-
-    @_api(Action.READ)
-    async def kernel_status(self, request: Request, path: str) -> Response:
-        return JSONResponse(self.kernels.status(path))
-
-
-class _RawASGI:
-    """Routes to a bound method as a plain ASGI app (Starlette would otherwise
-    call a method endpoint with a WebSocket, hiding the connection's ``send``)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _file_error(exc: Exception) -> Response:
-    if isinstance(exc, PathError):
-        return _error(400, str(exc))
-    if isinstance(exc, NotebookNotFound):
-        return _error(404, str(exc))
-    if isinstance(exc, FileExistsError):
-        return _error(409, str(exc))
-    if isinstance(exc, InvalidNotebook):
-        return _error(422, str(exc))
-    logger.exception("request failed")
-    return _error(500, f"{type(exc).__name__}: {exc}")
 
 
 def create_app(
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> Starlette:
-    """A complete Starlette app serving crdtnb at the root of the URL space."""
+    """A complete Starlette app serving crdtnb at the root of the URL space
+    (``options`` as for NotebookSync)."""
     sync = NotebookSync(root, **options)
     app = Starlette(routes=sync.routes, lifespan=sync.lifespan)
     app.state.sync = sync

@@ -8,33 +8,60 @@ Clock rules follow y-protocols' ``awareness.js``.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from typing import Hashable
 
-from .protocol import AwarenessEntry, write_awareness
+from .protocol import AwarenessEntry, PolicyViolation, write_awareness
 
 NULL_STATE = "null"
 
 
+@dataclass(frozen=True)
+class PresenceLimits:
+    # A browser tab announces one client id; a few more allow reloads of a shared doc.
+    max_clients_per_connection: int = 8
+    max_state_bytes: int = 64 * 1024  # a cursor, a selection and a name take a few hundred
+
+
 class RoomAwareness:
-    def __init__(self) -> None:
+    """Presence of one room. Memory is bounded by the limits times the connections: a
+    connection may hold only so many client ids and so large states, and what it held
+    (clocks included) is forgotten when it closes."""
+
+    def __init__(self, limits: PresenceLimits | None = None) -> None:
+        self.limits = limits or PresenceLimits()
         self._clocks: dict[int, int] = {}
         self._states: dict[int, str] = {}
         self._owners: dict[int, Hashable] = {}
-
-    @property
-    def states(self) -> dict[int, str]:
-        """Current states as JSON text, by client id."""
-        return dict(self._states)
+        self._owned: Counter[Hashable] = Counter()
 
     def owner(self, client_id: int) -> Hashable | None:
         return self._owners.get(client_id)
 
+    def check(self, entries: list[AwarenessEntry], owner: Hashable) -> None:
+        """Refuse (PolicyViolation) entries that would take ``owner`` past the limits."""
+        limit = self.limits.max_state_bytes
+        new_ids = set()
+        for entry in entries:
+            if len(entry.state) > limit and len(entry.state.encode("utf-8")) > limit:
+                raise PolicyViolation(f"presence state larger than {limit} bytes")
+            if entry.state != NULL_STATE and self._owners.get(entry.client_id) is not owner:
+                new_ids.add(entry.client_id)
+        if self._owned[owner] + len(new_ids) > self.limits.max_clients_per_connection:
+            raise PolicyViolation(
+                f"more than {self.limits.max_clients_per_connection} presence client ids on one connection"
+            )
+
     def apply(self, entries: list[AwarenessEntry], owner: Hashable) -> list[AwarenessEntry]:
-        """Apply entries sent by ``owner``; return the ones that changed something."""
+        """Apply entries sent by ``owner``; return the ones that changed something.
+        Removals of clients nobody announced are ignored (and cost no memory)."""
         accepted = []
         for entry in entries:
-            current_clock = self._clocks.get(entry.client_id, 0)
             is_removal = entry.state == NULL_STATE
+            if is_removal and entry.client_id not in self._clocks:
+                continue
+            current_clock = self._clocks.get(entry.client_id, 0)
             newer = current_clock < entry.clock
             same_clock_removal = (
                 current_clock == entry.clock and is_removal and entry.client_id in self._states
@@ -42,12 +69,22 @@ class RoomAwareness:
             if not (newer or same_clock_removal):
                 continue
             self._clocks[entry.client_id] = entry.clock
+            previous = self._owners.pop(entry.client_id, None)
+            if previous is not None:
+                self._owned[previous] -= 1
             if is_removal:
                 self._states.pop(entry.client_id, None)
-                self._owners.pop(entry.client_id, None)
+                if previous is None:
+                    del self._clocks[entry.client_id]
+                else:
+                    # Kept until its connection closes: an older state arriving late
+                    # must not bring the client back.
+                    self._owners[entry.client_id] = previous
+                    self._owned[previous] += 1
             else:
                 self._states[entry.client_id] = entry.state
                 self._owners[entry.client_id] = owner
+                self._owned[owner] += 1
             accepted.append(entry)
         return accepted
 
@@ -61,12 +98,17 @@ class RoomAwareness:
 
     def remove_owner(self, owner: Hashable) -> bytes | None:
         """Forget the states announced by a closed connection; return the removal update."""
-        removed = [cid for cid, who in self._owners.items() if who == owner]
-        if not removed:
-            return None
+        removed = [cid for cid, who in self._owners.items() if who is owner]
+        self._owned.pop(owner, None)
         entries = []
         for cid in removed:
             del self._owners[cid]
-            self._states.pop(cid, None)
-            entries.append(AwarenessEntry(cid, self._clocks[cid], NULL_STATE))
-        return write_awareness(entries)
+            clock = self._clocks.pop(cid)
+            if self._states.pop(cid, None) is not None:
+                entries.append(AwarenessEntry(cid, clock, NULL_STATE))
+        return write_awareness(entries) if entries else None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(client ids remembered, bytes of state held): what presence costs this room."""
+        return len(self._clocks), sum(len(s) for s in self._states.values())

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import os
-import re
 import secrets
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from .settings import Settings
 from .users import Role, UserError, UserStore
 
 GIL_SWITCH_INTERVAL = 0.0005  # seconds; see _serve
@@ -20,22 +20,13 @@ GIL_SWITCH_INTERVAL = 0.0005  # seconds; see _serve
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crdtnb", description="CRDT sync daemon for Jupyter notebooks")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the notebooks under a directory")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the notebooks under a directory",
+        description="Serve the notebooks under ROOT: live rooms, a durable log, server-side kernels.",
+    )
     serve.add_argument("root", nargs="?", default=".", help="directory of notebooks (default: current)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
-    serve.add_argument("--port", type=int, default=8888)
-    serve.add_argument("--token", default=os.environ.get("CRDTNB_TOKEN"), help="access token (default: $CRDTNB_TOKEN, else random)")
-    serve.add_argument("--state-dir", default=None, help="where the update log lives (default: ROOT/.crdtnb)")
-    serve.add_argument("--idle-timeout", type=float, default=60.0, help="seconds before an unused room is saved and unloaded")
-    serve.add_argument("--save-delay", type=float, default=1.0, help="seconds after the last change before saving the .ipynb")
-    serve.add_argument("--poll-interval", type=float, default=1.0, help="seconds between checks of open files for outside changes")
-    serve.add_argument("--max-frame-bytes", type=int, default=16 * 2**20, help="largest websocket frame accepted")
-    serve.add_argument("--max-send-queue-bytes", type=int, default=64 * 2**20, help="per-client send queue; a client that falls further behind is disconnected")
-    serve.add_argument("--compact-after", type=int, default=1000, help="updates in a room's log before it is compacted into one snapshot")
-    serve.add_argument("--max-stream-bytes", type=int, default=2**20, help="cap of one stream output (beginning and latest output kept)")
-    serve.add_argument("--max-output-bytes", type=int, default=8 * 2**20, help="cap of any other single output (replaced by a note)")
-    serve.add_argument("--log-level", default="info")
-    serve.add_argument("--allow-origin", action="append", default=[], help="another origin whose pages may connect (repeatable)")
+    Settings.add_arguments(serve)
     _add_user_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -57,18 +48,18 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     add.add_argument("--role", required=True, choices=[r.label for r in Role])
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     place(actions.add_parser("list", help="users, their roles and path roles"))
-    remove = place(actions.add_parser("remove", help="delete a user, their tokens and path roles"))
+    remove = place(actions.add_parser("remove", help="delete a user, their tokens, sessions and path roles"))
     remove.add_argument("name")
     role = place(actions.add_parser("role", help="set a user's global role, or their role on paths matching a pattern"))
     role.add_argument("name")
     role.add_argument("role", choices=[r.label for r in Role])
     role.add_argument("--path", default=None, help="glob pattern of notebook paths, e.g. 'team/*.ipynb'")
-    passwd = place(actions.add_parser("passwd", help="change a password"))
+    passwd = place(actions.add_parser("passwd", help="change a password (ends the user's sessions)"))
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true")
     token = place(actions.add_parser("token", help="print a new API token for a user (last line)"))
     token.add_argument("name")
-    revoke = place(actions.add_parser("revoke-tokens", help="revoke every API token of a user"))
+    revoke = place(actions.add_parser("revoke-tokens", help="revoke every API token of a user and end their sessions"))
     revoke.add_argument("name")
 
 
@@ -96,8 +87,16 @@ def _users(args: argparse.Namespace) -> int:
             store.remove(args.name)
             print(f"removed {args.name}")
         elif args.action == "role":
-            store.set_role(args.name, Role.parse(args.role), args.path)
+            role = Role.parse(args.role)
+            store.set_role(args.name, role, args.path)
             print(f"{args.name}: {args.role}" + (f" on {args.path}" if args.path else ""))
+            if args.path and role >= Role.RUNNER:
+                print(
+                    f"crdtnb: warning: a runner role limited to {args.path} lets {args.name} run code only on a "
+                    "daemon whose kernels are sandboxed (--kernel-sandbox auto with bubblewrap working, or bwrap); "
+                    "with unconfined kernels it is refused, since their code could reach every file of the daemon",
+                    file=sys.stderr,
+                )
         elif args.action == "passwd":
             store.set_password(args.name, _read_password(args.password_stdin))
             print(f"password of {args.name} changed")
@@ -106,25 +105,12 @@ def _users(args: argparse.Namespace) -> int:
             print(f"API token for {args.name} (shown once; send it as 'Authorization: token …'):")
             print(token)
         elif args.action == "revoke-tokens":
-            print(f"revoked {store.revoke_tokens(args.name)} token(s) of {args.name}")
+            tokens, sessions = store.revoke_tokens(args.name)
+            print(f"revoked {tokens} token(s) and ended {sessions} session(s) of {args.name}")
     except UserError as exc:
         print(f"crdtnb: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-_TOKEN_IN_URL = re.compile(r"((?:^|[?&])token=)[^&\s\"]*")
-
-
-class RedactTokens(logging.Filter):
-    """Keep ?token=… out of uvicorn's access and websocket logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN_IN_URL.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg for arg in record.args
-            )
-        return True
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -132,45 +118,52 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import NotebookSync, create_app
-    from .kernel import AgentSettings
-    from .outputs import OutputLimits
-    from .rooms import RoomSettings
-    from .transport import TransportLimits
+    from .sandbox import SandboxUnavailable
+    from .server import (
+        ConnectionLimits,
+        default_max_connections,
+        guarded_http_protocol,
+        raise_fd_limit,
+        redact_uvicorn_logs,
+    )
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = Path(args.root)
-    if not root.is_dir():
-        print(f"crdtnb: {root} is not a directory", file=sys.stderr)
+    settings = Settings.from_args(args, args.root)
+    server_settings = settings.server
+    logging.basicConfig(
+        level=server_settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.root.is_dir():
+        print(f"crdtnb: {settings.root} is not a directory", file=sys.stderr)
         return 2
-    token = args.token or secrets.token_urlsafe(24)
-    settings = RoomSettings(
-        idle_timeout=args.idle_timeout,
-        save_delay=args.save_delay,
-        poll_interval=args.poll_interval,
-    )
-    limits = TransportLimits(max_frame_bytes=args.max_frame_bytes, max_queue_bytes=args.max_send_queue_bytes)
-    app = create_app(
-        root,
-        token=token,
-        state_dir=args.state_dir,
-        settings=settings,
-        limits=limits,
-        compact_after_updates=args.compact_after,
-        allowed_origins=args.allow_origin,
-        kernel_settings=AgentSettings(
-            limits=OutputLimits(max_stream_bytes=args.max_stream_bytes, max_output_bytes=args.max_output_bytes)
-        ),
-    )
+    token = settings.access.token or secrets.token_urlsafe(24)
+    settings = replace(settings, access=replace(settings.access, token=token))
+    try:
+        app = create_app(settings=settings)
+    except SandboxUnavailable as exc:
+        print(f"crdtnb: --kernel-sandbox bwrap: {exc}", file=sys.stderr)
+        return 2
     sync: NotebookSync = app.state.sync
-    host = f"[{args.host}]" if ":" in args.host else args.host
+    fd_limit = raise_fd_limit()
+    max_connections = server_settings.max_connections or default_max_connections(fd_limit)
+    if max_connections > fd_limit - 64:
+        logging.getLogger("crdtnb").warning(
+            "--max-connections %d leaves under 64 of %d file descriptors for files and kernels", max_connections, fd_limit
+        )
+    connection_limits = ConnectionLimits(header_timeout=server_settings.header_timeout, max_connections=max_connections)
+    host = f"[{server_settings.host}]" if ":" in server_settings.host else server_settings.host
     print(f"crdtnb serving {sync.files.root} (state in {sync.state_dir})", flush=True)
-    print(f"open http://{host}:{args.port}/?token={token}", flush=True)
+    print(f"accepting up to {max_connections} connections ({fd_limit} file descriptors)", flush=True)
+    print(f"open http://{host}:{server_settings.port}/?token={token}", flush=True)
     config = uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level.lower(),
-        ws_max_size=args.max_frame_bytes,
+        http=guarded_http_protocol(connection_limits),
+        host=server_settings.host,
+        port=server_settings.port,
+        log_level=server_settings.log_level,
+        ws_max_size=settings.transport.max_frame_bytes,
+        # Compression would cost one deflate per relayed update per peer (a quarter of
+        # the daemon's CPU at 100 clients x 200 updates/s), for small binary updates.
+        ws_per_message_deflate=False,
         lifespan="on",
     )
     # uvicorn handles SIGINT/SIGTERM (graceful shutdown: every room flushed) and
@@ -184,8 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     server = uvicorn.Server(config)
     config.load()  # configures uvicorn's loggers; the filter goes on after that
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(RedactTokens())
+    redact_uvicorn_logs()
     server.run()
     return 0 if server.started else 1
 

@@ -4,16 +4,23 @@
         nb.set_source(nb.cell_ids()[0], "print('hi')")
         await nb.wait_for(lambda doc: ...)
 
-Edits made to ``nb.doc`` are sent to the server as they happen.
+Edits made to ``nb.doc`` are sent to the server as they happen. When the
+connection drops, the client reconnects by itself (with backoff and jitter, as
+y-websocket's provider does), keeping its document: the resync then exchanges
+what either side missed, edits made while disconnected included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import random
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -21,7 +28,7 @@ import nbformat
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .notebook import export_notebook, new_cell_map
 from .protocol import (
@@ -41,13 +48,46 @@ from .protocol import (
 )
 
 
+logger = logging.getLogger("crdtnb.client")
+
+# Close codes another attempt would only meet again (see README.md, "Websocket close
+# codes"): a bad path or notebook, no or wrong credentials, a frame the server refused.
+TERMINAL_CLOSE_CODES = frozenset({4400, 4401, 4403, 4404, 4422, 1003, 1007, 1009})
+# Statuses of a refused handshake that are as final.
+TERMINAL_HTTP_STATUSES = frozenset({400, 401, 403, 404})
+
+
 class SyncClosed(ConnectionError):
-    """The server closed the connection (with a code and a reason)."""
+    """The connection is closed for good (with the server's code and reason)."""
 
     def __init__(self, code: int | None, reason: str) -> None:
         super().__init__(f"connection closed: {code} {reason}")
         self.code = code
         self.reason = reason
+
+
+class ConnectionStatus(str, Enum):
+    CONNECTING = "connecting"  # a socket is being opened, or the resync is under way
+    CONNECTED = "connected"  # synced both ways on a live socket
+    DISCONNECTED = "disconnected"  # the socket is gone: waiting to try again
+    CLOSED = "closed"  # for good: close() was called, or the server refused us
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between reconnection attempts: doubling from ``initial`` up to
+    ``maximum`` seconds, each drawn from the upper half of its step so that
+    clients dropped together do not all come back at the same instant."""
+
+    initial: float = 0.25
+    maximum: float = 4.0
+
+    def delay(self, failures: int) -> float:
+        ceiling = min(self.maximum, self.initial * 2 ** min(failures, 32))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+Dial = Callable[[], Awaitable[ClientConnection]]
 
 
 def sync_url(base_url: str, path: str, token: str | None = None) -> str:
@@ -85,6 +125,26 @@ class KernelApi:
         return await asyncio.to_thread(send)
 
 
+class _Link:
+    """One socket of the client's life: its send queue and how far its handshake got."""
+
+    def __init__(self, websocket: ClientConnection) -> None:
+        self.websocket = websocket
+        self.outgoing: asyncio.Queue[bytes] = asyncio.Queue()
+        self.step1_sent = 0
+        self.step2_received = 0
+        self.answered_server = False  # our step2 is queued: later edits go as updates
+        self.lost = False
+
+    @property
+    def synced(self) -> bool:
+        return self.step2_received > 0 and self.answered_server and not self.lost
+
+    def send(self, message: bytes) -> None:
+        if not self.lost:
+            self.outgoing.put_nowait(message)
+
+
 class NotebookClient:
     def __init__(
         self,
@@ -92,27 +152,43 @@ class NotebookClient:
         path: str,
         doc: Doc | None = None,
         api: KernelApi | None = None,
+        *,
+        dial: Dial | None = None,
+        backoff: Backoff | None = None,
+        on_status: Callable[[ConnectionStatus], None] | None = None,
     ) -> None:
-        self.websocket = websocket
+        """``dial`` opens a new socket to the same notebook: with it the client
+        reconnects whenever the connection drops for a reason that may pass."""
         self.path = path
         self.api = api
         # Passing the doc of an earlier connection resumes it: only the difference is exchanged.
         self.doc = doc if doc is not None else Doc()
         self.awareness: dict[int, Any] = {}
         self.permission_denied: str | None = None
+        self.status = ConnectionStatus.CONNECTING
+        self.last_close: SyncClosed | None = None  # the latest close, retried or not
+        self._dial = dial
+        self._backoff = backoff or Backoff()
+        self._on_status = on_status
         self._awareness_clock = 0
+        self._presence: str | None = None  # our presence as JSON, announced again on reconnect
         self._remote = False
-        self._outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._changed = asyncio.Event()
         self._synced = asyncio.Event()
-        self._step2_count = 0
         self._closed: SyncClosed | None = None
+        self._closing = False
+        self._link = self._open(websocket)
         self.doc.observe(self._on_local_change)
-        self._tasks = [
-            asyncio.create_task(self._read_loop()),
-            asyncio.create_task(self._write_loop()),
-        ]
-        self._send(encode_sync_step1(self.doc.get_state()))
+        self._supervisor = asyncio.create_task(self._run(), name=f"crdtnb-client:{path}")
+
+    @property
+    def websocket(self) -> ClientConnection:
+        """The current socket (a new one after each reconnection)."""
+        return self._link.websocket
+
+    @property
+    def connected(self) -> bool:
+        return self.status is ConnectionStatus.CONNECTED
 
     # -- document access ------------------------------------------------------------
 
@@ -175,10 +251,13 @@ class NotebookClient:
 
     def set_awareness(self, state: dict[str, Any] | None) -> None:
         """Publish this client's presence (``None`` = leaving)."""
+        self._presence = None if state is None else json.dumps(state, separators=(",", ":"), ensure_ascii=False)
+        self._announce(self._link, self._presence or "null")
+
+    def _announce(self, link: _Link, text: str) -> None:
         self._awareness_clock += 1
-        text = "null" if state is None else json.dumps(state, separators=(",", ":"), ensure_ascii=False)
         entry = AwarenessEntry(self.doc.client_id, self._awareness_clock, text)
-        self._send(encode_awareness(write_awareness([entry])))
+        link.send(encode_awareness(write_awareness([entry])))
 
     # -- kernel ------------------------------------------------------------------------
 
@@ -222,33 +301,37 @@ class NotebookClient:
         await self._wait(self._synced.wait(), timeout)
 
     async def wait_for(self, predicate: Callable[[Doc], bool], timeout: float = 10.0) -> None:
-        """Wait until ``predicate(doc)`` holds after some change (or already holds)."""
-
-        async def check() -> None:
-            while not predicate(self.doc):
-                self._changed.clear()
-                await self._changed.wait()
-
-        await self._wait(check(), timeout)
+        """Wait until ``predicate(doc)`` holds after some change (or already holds),
+        across reconnections; SyncClosed if the connection is closed for good."""
+        await self._wait(self._until(lambda: predicate(self.doc)), timeout)
 
     async def roundtrip(self, timeout: float = 10.0) -> None:
-        """Wait until the server has stored and acknowledged every edit sent so far.
+        """Wait until the server has stored and acknowledged every edit made so far.
 
-        The server answers a step1 only once everything before it is durable."""
-        target = self._step2_count + 1
-        self._send(encode_sync_step1(self.doc.get_state()))
+        The server answers a step1 only once everything before it is durable. While
+        disconnected this waits for the reconnection (whose resync carries the edits)."""
 
         async def acked() -> None:
-            while self._step2_count < target:
-                self._changed.clear()
-                await self._changed.wait()
+            while True:
+                await self._until(lambda: self._link.synced)
+                link = self._link
+                link.step1_sent += 1
+                target = link.step1_sent
+                link.send(encode_sync_step1(self.doc.get_state()))
+                await self._until(lambda: link.step2_received >= target or link.lost)
+                if link.step2_received >= target:
+                    return
 
         await self._wait(acked(), timeout)
 
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            self._changed.clear()
+            await self._changed.wait()
+
     async def _wait(self, awaitable: Any, timeout: float) -> None:
         task = asyncio.ensure_future(awaitable)
-        reader = self._tasks[0]
-        done, _ = await asyncio.wait({task, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({task, self._supervisor}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()
             return
@@ -259,21 +342,111 @@ class NotebookClient:
 
     @property
     def closed(self) -> SyncClosed | None:
+        """Set once the connection is closed for good (not while reconnecting)."""
         return self._closed
 
     async def wait_closed(self, timeout: float = 10.0) -> SyncClosed:
-        await asyncio.wait_for(asyncio.shield(self._tasks[0]), timeout)
+        """Wait until the connection is closed for good (a drop that is retried is not)."""
+        done, _ = await asyncio.wait({self._supervisor}, timeout=timeout)
+        if not done:
+            raise asyncio.TimeoutError(f"still open after {timeout} s")
         assert self._closed is not None
         return self._closed
 
+    # -- the connection's life ----------------------------------------------------------
+
+    def _open(self, websocket: ClientConnection) -> _Link:
+        """A new socket: ask for the server's state and say who we are again."""
+        link = _Link(websocket)
+        link.step1_sent = 1
+        link.send(encode_sync_step1(self.doc.get_state()))
+        if self._presence is not None:
+            self._announce(link, self._presence)
+        return link
+
+    async def _run(self) -> None:
+        """Serve the socket; when it drops, dial again until the server takes us back
+        or refuses us for good."""
+        failures = 0
+        link = self._link
+        try:
+            while True:
+                await self._serve(link)
+                close = SyncClosed(link.websocket.close_code, link.websocket.close_reason or "")
+                self.last_close = close
+                if link.step2_received > 0:
+                    failures = 0  # it worked for a while: start again from the shortest delay
+                if self._closing or self._dial is None or close.code in TERMINAL_CLOSE_CODES:
+                    self._closed = close
+                    return
+                self._forget_presence()
+                self._set_status(ConnectionStatus.DISCONNECTED)
+                websocket = None
+                while websocket is None:
+                    await asyncio.sleep(self._backoff.delay(failures))
+                    failures += 1
+                    self._set_status(ConnectionStatus.CONNECTING)
+                    try:
+                        websocket = await self._dial()
+                    except InvalidStatus as exc:
+                        status = exc.response.status_code
+                        if status in TERMINAL_HTTP_STATUSES:
+                            self._closed = SyncClosed(None, f"the server refused the connection: HTTP {status}")
+                            return
+                        self._set_status(ConnectionStatus.DISCONNECTED)
+                    except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
+                        logger.debug("%s: reconnecting failed: %s", self.path, exc)
+                        self._set_status(ConnectionStatus.DISCONNECTED)
+                link = self._link = self._open(websocket)
+        finally:
+            if self._closed is None:
+                self._closed = SyncClosed(self._link.websocket.close_code, "closed by the client")
+            self._set_status(ConnectionStatus.CLOSED)
+
+    async def _serve(self, link: _Link) -> None:
+        writer = asyncio.create_task(self._write_loop(link))
+        try:
+            async for frame in link.websocket:
+                if isinstance(frame, str):
+                    continue
+                self._handle(link, frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            link.lost = True
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            self._changed.set()
+
+    async def _write_loop(self, link: _Link) -> None:
+        while True:
+            message = await link.outgoing.get()
+            try:
+                await link.websocket.send(message)
+            except ConnectionClosed:
+                return
+
+    def _set_status(self, status: ConnectionStatus) -> None:
+        if status is self.status:
+            return
+        self.status = status
+        self._changed.set()
+        if self._on_status is not None:
+            try:
+                self._on_status(status)
+            except Exception:
+                logger.exception("on_status callback failed")
+
+    def _forget_presence(self) -> None:
+        # Others' presence is unknown until the server tells it again.
+        self.awareness.clear()
+
     # -- plumbing --------------------------------------------------------------------
 
-    def _send(self, message: bytes) -> None:
-        self._outgoing.put_nowait(message)
-
     def _on_local_change(self, event: TransactionEvent) -> None:
-        if not self._remote:
-            self._send(encode_update(event.update))
+        # Before the server's step1 is answered, the step2 will carry this edit.
+        if not self._remote and self._link.answered_server:
+            self._link.send(encode_update(event.update))
         self._changed.set()
 
     def _apply_remote(self, update: bytes) -> None:
@@ -283,26 +456,14 @@ class NotebookClient:
         finally:
             self._remote = False
 
-    async def _read_loop(self) -> None:
-        try:
-            async for frame in self.websocket:
-                if isinstance(frame, str):
-                    continue
-                self._handle(frame)
-        except ConnectionClosed:
-            pass
-        finally:
-            self._closed = SyncClosed(self.websocket.close_code, self.websocket.close_reason or "")
-            self._changed.set()
-            self._outgoing.put_nowait(None)
-
-    def _handle(self, frame: bytes) -> None:
+    def _handle(self, link: _Link, frame: bytes) -> None:
         message = parse_message(frame)
         if isinstance(message, SyncStep1):
-            self._send(encode_sync_step2(self.doc.get_update(message.state_vector)))
+            link.send(encode_sync_step2(self.doc.get_update(message.state_vector)))
+            link.answered_server = True
         elif isinstance(message, SyncStep2):
             self._apply_remote(message.update)
-            self._step2_count += 1
+            link.step2_received += 1
             self._synced.set()
         elif isinstance(message, SyncUpdate):
             self._apply_remote(message.update)
@@ -314,28 +475,24 @@ class NotebookClient:
                     self.awareness[entry.client_id] = json.loads(entry.state)
         elif isinstance(message, AuthMessage):
             self.permission_denied = message.reason
+        if link.synced:
+            self._set_status(ConnectionStatus.CONNECTED)
         self._changed.set()
-
-    async def _write_loop(self) -> None:
-        while True:
-            message = await self._outgoing.get()
-            if message is None:
-                return
-            try:
-                await self.websocket.send(message)
-            except ConnectionClosed:
-                return
 
     async def send_raw(self, frame: bytes | str) -> None:
         """Send a frame as is (for tests of hostile input)."""
         await self.websocket.send(frame)
 
     async def close(self) -> None:
-        if self._closed is None:
-            await self.websocket.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Close the connection and stop reconnecting."""
+        self._closing = True
+        if not self._link.lost:
+            try:
+                await self.websocket.close()
+            except Exception:  # the socket is broken already: nothing left to close
+                pass
+        self._supervisor.cancel()
+        await asyncio.gather(self._supervisor, return_exceptions=True)
 
     async def __aenter__(self) -> NotebookClient:
         return self
@@ -354,16 +511,30 @@ async def connect(
     headers: dict[str, str] | None = None,
     doc: Doc | None = None,
     max_size: int | None = 64 * 2**20,
+    reconnect: bool = True,
+    backoff: Backoff | None = None,
+    on_status: Callable[[ConnectionStatus], None] | None = None,
 ) -> NotebookClient:
-    """Connect to ``path`` on the daemon at ``base_url`` and (by default) wait until synced."""
-    websocket = await ws_connect(
-        sync_url(base_url, path, token),
-        additional_headers=headers,
-        open_timeout=timeout,
-        max_size=max_size,
-        proxy=None,
+    """Connect to ``path`` on the daemon at ``base_url`` and (by default) wait until synced.
+
+    The first connection must succeed (its error is raised); after that, with
+    ``reconnect``, a dropped connection is reopened with ``backoff`` until the
+    server takes the client back or refuses it for good (``closed`` is then set)."""
+    url = sync_url(base_url, path, token)
+
+    async def dial() -> ClientConnection:
+        return await ws_connect(url, additional_headers=headers, open_timeout=timeout, max_size=max_size, proxy=None)
+
+    websocket = await dial()
+    client = NotebookClient(
+        websocket,
+        path,
+        doc,
+        KernelApi(base_url, token, headers),
+        dial=dial if reconnect else None,
+        backoff=backoff,
+        on_status=on_status,
     )
-    client = NotebookClient(websocket, path, doc, KernelApi(base_url, token, headers))
     if wait_synced:
         try:
             await client.wait_synced(timeout)

@@ -1,11 +1,23 @@
-"""Notebook files under the served root: safe paths, validated reads, atomic writes."""
+"""Notebook files under the served root: safe names, validated reads, atomic writes.
+
+A notebook is known by its *name*: its path relative to the root, in one canonical
+spelling (see ``NotebookFiles.canonical``): Unicode NFC, no ``.``/``..``/empty parts, no
+hidden or internal directories, symlinks resolved. Rooms, authorization and the store
+all use that name, so two spellings of one file can never be two rooms.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import stat
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -13,8 +25,12 @@ from typing import Any
 import nbformat
 
 NOTEBOOK_SUFFIX = ".ipynb"
-# Directories never listed nor served: our own state, checkpoints, VCS internals.
+# Directories never listed nor served: checkpoints, VCS internals, caches. Every name
+# starting with "." (our own .crdtnb state among them) is refused as well.
 SKIPPED_DIRS = {".crdtnb", ".ipynb_checkpoints", ".git", "node_modules", "__pycache__"}
+MAX_NAME_PART_BYTES = 255  # a file name on every common file system
+MAX_NAME_BYTES = 1024  # a whole relative path
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class PathError(ValueError):
@@ -29,13 +45,33 @@ class InvalidNotebook(ValueError):
     """A file that nbformat cannot read or that fails validation."""
 
 
+class FileChanged(RuntimeError):
+    """The file changed on disk since it was last read: merge before writing."""
+
+
 @dataclass(frozen=True, slots=True)
 class FileStamp:
-    """What identifies one version of a file on disk, cheaply (mtime, size) and surely (sha)."""
+    """What identifies one version of a file on disk, cheaply (stat) and surely (sha)."""
 
     mtime_ns: int
     size: int
     sha256: str
+    ino: int = 0
+    ctime_ns: int = 0
+
+    @classmethod
+    def of(cls, st: os.stat_result, sha256: str = "") -> FileStamp:
+        return cls(st.st_mtime_ns, st.st_size, sha256, st.st_ino, st.st_ctime_ns)
+
+    def same_stat(self, st: os.stat_result) -> bool:
+        """Whether ``st`` looks like this very version (an atomic rewrite changes the inode,
+        any write changes ctime, which no tool can set back)."""
+        return (self.mtime_ns, self.size, self.ino, self.ctime_ns) == (
+            st.st_mtime_ns,
+            st.st_size,
+            st.st_ino,
+            st.st_ctime_ns,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +86,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _process_umask() -> int:
+    """The umask, read without changing it (os.umask would race other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 class NotebookFiles:
     """The notebooks under one root directory."""
 
@@ -57,104 +104,224 @@ class NotebookFiles:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise NotADirectoryError(f"notebook root {self.root} is not a directory")
+        self.new_file_mode = 0o666 & ~_process_umask()
+
+    # -- names -------------------------------------------------------------------------
 
     def normalize(self, path: str) -> str:
-        """The canonical room name for a client-supplied path, or PathError."""
-        if not path or "\x00" in path or "\\" in path:
+        """The spelling rules of a notebook name, without touching the disk (PathError if broken)."""
+        if not path or not isinstance(path, str):
             raise PathError("invalid path")
-        pure = PurePosixPath(path)
-        if pure.is_absolute() or path.startswith("/"):
+        if "\\" in path or _CONTROL.search(path):
+            raise PathError("invalid character in path")
+        if path.startswith("/"):
             raise PathError("absolute paths are not allowed")
-        if any(part in ("..", ".") for part in pure.parts):
-            raise PathError("'..' and '.' are not allowed in paths")
-        if any(part in SKIPPED_DIRS for part in pure.parts):
-            raise PathError("that directory is not served")
-        if pure.suffix != NOTEBOOK_SUFFIX:
+        path = unicodedata.normalize("NFC", path)
+        parts = path.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise PathError("empty, '.' and '..' parts are not allowed in paths")
+        if any(part.startswith(".") or part in SKIPPED_DIRS for part in parts):
+            raise PathError("hidden and internal directories are not served")
+        if any(len(part.encode("utf-8")) > MAX_NAME_PART_BYTES for part in parts):
+            raise PathError(f"a path part is longer than {MAX_NAME_PART_BYTES} bytes")
+        if len(path.encode("utf-8")) > MAX_NAME_BYTES:
+            raise PathError(f"path longer than {MAX_NAME_BYTES} bytes")
+        if not parts[-1].endswith(NOTEBOOK_SUFFIX) or parts[-1] == NOTEBOOK_SUFFIX:
             raise PathError("not a notebook path (must end in .ipynb)")
-        return pure.as_posix()
+        return path
+
+    def canonical(self, path: str) -> str:
+        """The one name of the file ``path`` leads to: spelling normalised, symlinks
+        resolved (the target must be a notebook under the root too). Files need not exist."""
+        name = self.normalize(path)
+        real = self._real_path(name)
+        try:
+            relative = real.relative_to(self.root)
+        except ValueError:
+            raise PathError("path leads outside the notebook root") from None
+        target = unicodedata.normalize("NFC", PurePosixPath(relative).as_posix())
+        if target != name:
+            # A symlink: its target obeys the same rules (no hidden dirs, a notebook).
+            self.normalize(target)
+        return target
 
     def resolve(self, path: str) -> Path:
-        """The real file for a room name, refusing anything that leaves the root (symlinks too)."""
-        name = self.normalize(path)
-        real = (self.root / name).resolve()
-        if not real.is_relative_to(self.root):
-            raise PathError("path leads outside the notebook root")
+        """The real file for a notebook name, refusing anything that leaves the root."""
+        name = self.canonical(path)
+        return self._real_path(name)
+
+    def locate(self, name: str) -> Path:
+        """The real file of the canonical name ``name``, checked to be that name now: a
+        symbolic link swapped in since the name was checked (code in a kernel can make
+        links next to its notebook) must not redirect a read, a write or a kernel."""
+        real = self.resolve(name)
+        if unicodedata.normalize("NFC", real.relative_to(self.root).as_posix()) != self.normalize(name):
+            raise PathError(f"{name} leads to another file now (a symbolic link)")
         return real
 
-    def exists(self, path: str) -> bool:
-        return self.resolve(path).is_file()
+    def exact(self, name: str) -> str:
+        """``name`` if it is the canonical name of its file now, else PathError: for a
+        name that was authorized a moment ago (see ``locate``)."""
+        if self.canonical(name) != self.normalize(name):
+            raise PathError(f"{name} leads to another file now (a symbolic link)")
+        return self.normalize(name)
 
-    def read(self, path: str) -> tuple[dict[str, Any], FileStamp]:
-        """Read and validate a notebook; upgrade it to nbformat 4."""
-        real = self.resolve(path)
+    def _real_path(self, name: str) -> Path:
+        here = self.root
+        for part in name.split("/"):
+            here = _lookalike(here, part)
         try:
-            st = real.stat()
-            data = real.read_bytes()
-        except (FileNotFoundError, IsADirectoryError) as exc:
-            raise NotebookNotFound(f"no notebook at {path}") from exc
-        stamp = FileStamp(st.st_mtime_ns, st.st_size, sha256_bytes(data))
+            return here.resolve()
+        except (RuntimeError, OSError) as exc:  # a symlink loop
+            raise PathError("path cannot be resolved") from exc
+
+    # -- reading and writing ----------------------------------------------------------
+
+    def read(self, name: str) -> tuple[dict[str, Any], FileStamp]:
+        """Read and validate a notebook (by its canonical name); upgrade it to nbformat 4."""
+        real = self.locate(name)
+        try:
+            with self._directory(real) as directory:
+                fd = os.open(real.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=directory)
+                with os.fdopen(fd, "rb") as handle:
+                    st = os.fstat(handle.fileno())
+                    data = handle.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise NotebookNotFound(f"no notebook at {name}") from exc
+        stamp = FileStamp.of(st, sha256_bytes(data))
         try:
             nb = nbformat.reads(data.decode("utf-8"), as_version=4)
             nbformat.validate(nb)
         except Exception as exc:  # nbformat raises many kinds: JSON, validation, version
-            raise InvalidNotebook(f"{path} is not a valid notebook: {_first_line(exc)}") from exc
+            raise InvalidNotebook(f"{name} is not a valid notebook: {_first_line(exc)}") from exc
         return _plain(nb), stamp
 
-    def write(self, path: str, nb: dict[str, Any]) -> FileStamp:
-        """Validate, then write atomically (temp file in the same directory + rename)."""
-        real = self.resolve(path)
+    def stat(self, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(self.resolve(name))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def write(self, name: str, nb: dict[str, Any], expect: FileStamp | None = None) -> FileStamp:
+        """Validate, then write atomically (temp file in the same directory + rename).
+
+        With ``expect``, refuse (FileChanged) to replace a file that is no longer that
+        version: checked right before the rename, so an outside edit is never overwritten
+        unseen (only a write landing in the microseconds between check and rename could)."""
+        real = self.locate(name)
         node = nbformat.from_dict(nb)
         try:
             nbformat.validate(node)
         except Exception as exc:
-            raise InvalidNotebook(f"refusing to save {path}: {_first_line(exc)}") from exc
+            raise InvalidNotebook(f"refusing to save {name}: {_first_line(exc)}") from exc
         data = (nbformat.writes(node) + "\n").encode("utf-8")
-        real.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if real.exists():
-                os.chmod(tmp, real.stat().st_mode & 0o777)
-            os.replace(tmp, real)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        st = real.stat()
-        return FileStamp(st.st_mtime_ns, st.st_size, sha256_bytes(data))
+        sha = sha256_bytes(data)
+        with self._directory(real, create=True) as directory:
+            if expect is not None and expect.sha256 == sha:
+                try:
+                    if expect.same_stat(os.stat(real.name, dir_fd=directory, follow_symlinks=False)):
+                        return expect  # the file holds exactly this already
+                except FileNotFoundError:
+                    pass
+            tmp = f".{real.name}.{secrets.token_hex(6)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=directory)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    try:
+                        current: os.stat_result | None = os.stat(real.name, dir_fd=directory, follow_symlinks=False)
+                    except FileNotFoundError:
+                        current = None
+                    if expect is not None and current is not None and not expect.same_stat(current):
+                        raise FileChanged(f"{name} changed on disk")
+                    os.fchmod(handle.fileno(), (current.st_mode & 0o777) if current is not None else self.new_file_mode)
+                os.replace(tmp, real.name, src_dir_fd=directory, dst_dir_fd=directory)
+            except BaseException:
+                try:
+                    os.unlink(tmp, dir_fd=directory)
+                except FileNotFoundError:
+                    pass
+                raise
+            return FileStamp.of(os.stat(real.name, dir_fd=directory, follow_symlinks=False), sha)
 
-    def create(self, path: str) -> dict[str, Any]:
-        """Create an empty notebook; FileExistsError if one is there."""
-        real = self.resolve(path)
+    @contextmanager
+    def _directory(self, real: Path, create: bool = False) -> Iterator[int]:
+        """A descriptor of the directory of ``real`` (a resolved path under the root),
+        reached from the root one name at a time without following links: a link
+        swapped in after the name was resolved (code in a kernel can make them next to
+        its notebook) cannot redirect a read or a write."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in real.parent.relative_to(self.root).parts:
+                if create:
+                    try:
+                        os.mkdir(part, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                            raise PathError("the path changed into a symbolic link") from exc
+                        if create:
+                            raise PathError(f"a parent of {real.name} is not a directory") from None
+                    raise
+                os.close(fd)
+                fd = inner
+            yield fd
+        finally:
+            os.close(fd)
+
+    def create(self, name: str, nb: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create a notebook (empty unless given); FileExistsError if one is there."""
+        real = self.resolve(name)
         if real.exists():
-            raise FileExistsError(f"{path} already exists")
-        nb = _plain(nbformat.v4.new_notebook())
-        nb["metadata"] = {
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-            "language_info": {"name": "python"},
-        }
-        nb["cells"] = [_plain(nbformat.v4.new_code_cell(""))]
-        self.write(path, nb)
+            raise FileExistsError(f"{name} already exists")
+        if nb is None:
+            nb = _plain(nbformat.v4.new_notebook())
+            nb["metadata"] = {
+                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                "language_info": {"name": "python"},
+            }
+            nb["cells"] = [_plain(nbformat.v4.new_code_cell(""))]
+        self.write(name, nb)
         return nb
 
     def list(self) -> list[NotebookEntry]:
-        entries = []
+        entries: dict[str, NotebookEntry] = {}
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not d.startswith("."))
             for filename in sorted(filenames):
                 if not filename.endswith(NOTEBOOK_SUFFIX) or filename.startswith("."):
                     continue
                 full = Path(dirpath) / filename
-                rel = full.relative_to(self.root).as_posix()
+                rel = unicodedata.normalize("NFC", full.relative_to(self.root).as_posix())
                 try:
-                    self.resolve(rel)
+                    self.canonical(rel)
                     st = full.stat()
                 except (PathError, OSError):
                     continue
-                entries.append(NotebookEntry(rel, filename, st.st_size, st.st_mtime))
-        return entries
+                entries.setdefault(rel, NotebookEntry(rel, unicodedata.normalize("NFC", filename), st.st_size, st.st_mtime))
+        return list(entries.values())
+
+
+def _lookalike(directory: Path, part: str) -> Path:
+    """``directory / part``, or the existing entry whose NFC spelling is ``part`` (a file
+    made on macOS is stored in NFD): one name, one file."""
+    direct = directory / part
+    if os.path.lexists(direct) or part.isascii():
+        return direct
+    try:
+        with os.scandir(directory) as scan:
+            for entry in scan:
+                if unicodedata.normalize("NFC", entry.name) == part:
+                    return directory / entry.name
+    except OSError:
+        pass
+    return direct
 
 
 def _plain(node: Any) -> dict[str, Any]:

@@ -2,11 +2,21 @@
 
 Saves are debounced (``save_delay`` after the last change, at most
 ``save_max_delay`` under constant change, ``busy_save_max_delay`` while the
-room's kernel runs code) and atomic. A file changed behind our
-back is merged three-way into the room (see ``notebook.merge_disk_changes``),
-with the *base* being the document as it last matched the file; the base and
-the file's hash live in the store, so a change made while the daemon was down
-is merged on the next load too.
+room's kernel runs code) and atomic. A file changed behind our back is merged
+three-way into the room (see ``merge.merge_disk_changes``), with the *base*
+being the document as it last matched the file; the base and the file's hash
+live in the store, so a change made while the daemon was down is merged on the
+next load too.
+
+Nothing written outside is ever overwritten unseen: a save first merges a file
+that changed since it was read, and the write itself refuses to replace a file
+that changed in the meantime (then the save merges and tries again).
+
+Two kinds of trouble, both shown to clients as ``state.file_error``:
+- the file on disk is not a valid notebook (someone is writing it, or broke it):
+  saving pauses until it reads as valid again (checked every poll);
+- the document cannot be written (the disk is full, a directory is gone): the
+  save is retried on the next change, and at the latest after ``retry_delay``.
 """
 
 from __future__ import annotations
@@ -15,18 +25,42 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from pycrdt import Map
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
 
-from .files import FileStamp, InvalidNotebook, NotebookFiles, NotebookNotFound
-from .notebook import export_notebook, kernel_busy, merge_disk_changes
+from .auth import Action
+from .extensions import (
+    ChangesDurable,
+    DaemonStarted,
+    Extension,
+    FileFailed,
+    FileMerged,
+    FileSaved,
+    RoomLoaded,
+    RoomLoading,
+    RoomUnloading,
+)
+from .files import FileChanged, FileStamp, InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
+from .merge import merge_disk_changes
+from .notebook import canonical_notebook, load_notebook
+from .origins import FILE
 from .room import Room
+from .schema import FILE_ERROR, SAVED_AT, kernel_busy, state_of
+from .settings import FileSettings
 from .store import Store
+
+if TYPE_CHECKING:
+    from .api import Api
 
 logger = logging.getLogger("crdtnb.files")
 
 BASE_KEY = "file_base"
 SHA_KEY = "file_sha256"
+WRITE_ATTEMPTS = 3  # outside edits racing one save: merge and write again
 
 
 class FileSync:
@@ -38,50 +72,60 @@ class FileSync:
         *,
         base: bytes,
         stamp: FileStamp,
-        save_delay: float = 1.0,
-        save_max_delay: float = 10.0,
-        busy_save_max_delay: float = 30.0,
-        poll_interval: float = 1.0,
+        settings: FileSettings | None = None,
     ) -> None:
         self.room = room
         self.files = files
         self.store = store
         self.base = base
         self.stamp = stamp
-        self.save_delay = save_delay
-        self.save_max_delay = save_max_delay
+        settings = settings or FileSettings()
+        self.save_delay = settings.save_delay
+        self.save_max_delay = settings.save_max_delay
         # A running cell may stream output for hours: rewriting the whole growing
         # notebook every few seconds would cost more than it gives, since every
         # output is already durable in the room's log the moment it arrives.
-        self.busy_save_max_delay = busy_save_max_delay
-        self.poll_interval = poll_interval
-        self.error: str | None = None
+        self.busy_save_max_delay = settings.busy_save_max_delay
+        self.poll_interval = settings.poll_interval
+        self.retry_delay = settings.retry_delay
+        self.disk_error: str | None = None  # the file on disk cannot be read as a notebook
+        self.save_error: str | None = None  # the document could not be written
+        self.saved_at: float | None = None
         self._real = files.resolve(room.name)  # resolved once: later symlink swaps are not followed
         self._dirty_since: float | None = None
         self._last_change = 0.0
+        self._own_state: bytes | None = None  # the doc's state right after our own state writes
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        room.on_change.append(self.changed)
 
     @classmethod
-    async def open(cls, room: Room, files: NotebookFiles, store: Store, **options: float) -> FileSync:
-        """Attach to a room whose document came from the store or from the file.
-
-        Merges the file if it changed since the stored base."""
+    async def open(
+        cls,
+        room: Room,
+        files: NotebookFiles,
+        store: Store,
+        nb: dict[str, Any],
+        stamp: FileStamp,
+        settings: FileSettings | None = None,
+    ) -> FileSync:
+        """Attach to a room whose document came from the store or from the file ``nb``
+        (read as ``stamp``). Merges the file if it changed since the stored base, and
+        saves soon whatever the room holds that the file lacks (edits of a previous run
+        that were logged but not saved, an upgrade to nbformat 4.5)."""
         base = await store.get_meta(room.name, BASE_KEY)
         sha = await store.get_meta(room.name, SHA_KEY)
-        nb, stamp = await asyncio.to_thread(files.read, room.name)
+        sync = cls(room, files, store, base=base or room.doc.get_update(), stamp=stamp, settings=settings)
         if base is None or sha is None:
             # The document was just loaded from this very file.
-            base = room.doc.get_update()
-            sync = cls(room, files, store, base=base, stamp=stamp, **options)
             await sync._remember_base()
-        else:
-            sync = cls(room, files, store, base=base, stamp=stamp, **options)
-            if sha.decode() != stamp.sha256:
-                logger.info("%s changed on disk while closed: merging", room.name)
-                await sync._merge(nb, stamp)
+        elif sha.decode() != stamp.sha256:
+            logger.info("%s changed on disk while closed: merging", room.name)
+            await sync._merge(nb, stamp)
+        exported = room.index.export()
+        if not await asyncio.to_thread(_same_notebook, exported, nb):
+            sync.changed()
+        sync._note_saved(stamp.mtime_ns / 1e9)
         return sync
 
     def start(self) -> None:
@@ -101,7 +145,14 @@ class FileSync:
     def dirty(self) -> bool:
         return self._dirty_since is not None
 
+    @property
+    def error(self) -> str | None:
+        return self.disk_error or self.save_error
+
     def changed(self) -> None:
+        if self._own_state is not None and self.room.doc.get_state() == self._own_state:
+            return  # only our own note of the save: nothing new to write
+        self._own_state = None
         now = time.monotonic()
         self._last_change = now
         if self._dirty_since is None:
@@ -111,8 +162,8 @@ class FileSync:
         # out when it wakes, so a busy room costs no wake-up per change.
 
     def _save_due(self) -> float | None:
-        if self._dirty_since is None:
-            return None
+        if self._dirty_since is None or self.disk_error is not None:
+            return None  # a broken file on disk is re-read at the next poll
         max_delay = self.busy_save_max_delay if kernel_busy(self.room.doc) else self.save_max_delay
         return min(self._last_change + self.save_delay, self._dirty_since + max_delay)
 
@@ -142,74 +193,177 @@ class FileSync:
             except Exception:
                 logger.exception("file sync of %s failed", self.room.name)
 
-    async def save(self) -> None:
-        """Write the document to its file now (unless the file is broken on disk)."""
+    async def save(self) -> float | None:
+        """Write the document to its file now; return the time of the last successful
+        save (None if the file cannot be written: see ``error``)."""
         async with self._lock:
-            if self.error is not None:
-                return
+            if self.disk_error is not None:
+                return None  # never overwrite a file someone else is writing or broke
             self._dirty_since = None
-            nb = export_notebook(self.room.doc)
-            base = self.room.doc.get_update()
-            try:
-                stamp = await asyncio.to_thread(self.files.write, self.room.name, nb)
-            except InvalidNotebook as exc:
-                self._set_error(str(exc))
-                return
-            self.base, self.stamp = base, stamp
-            await self._remember_base()
-            logger.debug("saved %s", self.room.name)
+            for _ in range(WRITE_ATTEMPTS):
+                await self._merge_outside_edit()
+                if self.disk_error is not None:
+                    return None
+                nb = self.room.index.export()
+                base = self.room.doc.get_update()
+                try:
+                    stamp = await asyncio.to_thread(self.files.write, self.room.name, nb, self.stamp)
+                except FileChanged:
+                    continue  # written outside while we wrote: merge that and write again
+                except (InvalidNotebook, PathError, OSError) as exc:
+                    self._fail_save(f"{self.room.name} could not be saved: {exc}")
+                    return None
+                written = stamp.sha256 != self.stamp.sha256 or stamp.mtime_ns != self.stamp.mtime_ns
+                self.base, self.stamp = base, stamp
+                await self._remember_base()
+                self.save_error = None
+                self._note_saved(time.time() if written else self.saved_at)
+                logger.debug("saved %s", self.room.name)
+                assert self.saved_at is not None
+                self.room.hooks.notify("on_file_saved", FileSaved(self.room, self.room.name, self.saved_at, written))
+                return self.saved_at
+            self._fail_save(f"{self.room.name} keeps changing on disk; saving again soon")
+            return None
+
+    def _fail_save(self, error: str) -> None:
+        logger.error("%s", error)
+        self.save_error = error
+        self._show_error()
+        self.room.hooks.notify("on_file_failed", FileFailed(self.room, self.room.name, error))
+        # Retried on the next change, and in any case after retry_delay (a disk that
+        # was full may have room again): never in a loop.
+        now = time.monotonic()
+        self._dirty_since = now - self.save_max_delay + self.retry_delay
+        self._last_change = now - self.save_delay + self.retry_delay
+
+    async def _merge_outside_edit(self) -> None:
+        """Merge the file into the room if it changed since we last read or wrote it."""
+        try:
+            st = os.stat(self._real)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # deleted: the next save writes it again
+        if self.stamp.same_stat(st):
+            return
+        try:
+            nb, stamp = await asyncio.to_thread(self.files.read, self.room.name)
+        except NotebookNotFound:
+            return
+        except InvalidNotebook as exc:
+            # Never overwrite a file someone is in the middle of writing or broke:
+            # saving pauses until it is valid again.
+            self.disk_error = str(exc)
+            self.stamp = FileStamp.of(st)
+            self._show_error()
+            logger.error("%s", exc)
+            self.room.hooks.notify("on_file_failed", FileFailed(self.room, self.room.name, self.disk_error))
+            return
+        if self.disk_error is not None:
+            self.disk_error = None
+            self._show_error()
+        if stamp.sha256 == self.stamp.sha256:
+            self.stamp = stamp
+            return
+        logger.info("%s changed on disk: merging into the open room", self.room.name)
+        await self._merge(nb, stamp)
 
     async def check_disk(self) -> None:
-        """Merge the file into the room if someone else changed it."""
+        """Merge the file into the room if someone else changed it (the poll)."""
         async with self._lock:
-            # A plain stat on the loop: microseconds, and thousands of open rooms poll.
-            try:
-                st = os.stat(self._real)
-            except FileNotFoundError:
-                return
-            current = FileStamp(st.st_mtime_ns, st.st_size, "")
-            if (current.mtime_ns, current.size) == (self.stamp.mtime_ns, self.stamp.size):
-                return
-            try:
-                nb, stamp = await asyncio.to_thread(self.files.read, self.room.name)
-            except NotebookNotFound:
-                return
-            except InvalidNotebook as exc:
-                # Never overwrite a file someone is in the middle of writing or broke:
-                # saving pauses until it is valid again.
-                self._set_error(str(exc))
-                self.stamp = FileStamp(current.mtime_ns, current.size, "")
-                return
-            self._set_error(None)
-            if stamp.sha256 == self.stamp.sha256:
-                self.stamp = stamp
-                return
-            logger.info("%s changed on disk: merging into the open room", self.room.name)
-            await self._merge(nb, stamp)
+            await self._merge_outside_edit()
 
-    async def _merge(self, nb: dict, stamp: FileStamp) -> None:
+    async def _merge(self, nb: dict[str, Any], stamp: FileStamp) -> None:
         was_dirty = self.dirty
-        self.base = merge_disk_changes(self.room.doc, self.base, nb)
+        with self.room.doc.transaction(origin=FILE):
+            self.base = merge_disk_changes(self.room.doc, self.base, nb)
         self.stamp = stamp
         await self._remember_base()
         await self.room.flushed()
-        if not was_dirty and export_notebook(self.room.doc) == nb:
+        if not was_dirty and await asyncio.to_thread(_same_notebook, self.room.index.export(), nb):
             # The room now equals the file: nothing to write back.
             self._dirty_since = None
+        self.room.hooks.notify("on_file_merged", FileMerged(self.room, self.room.name))
 
     async def _remember_base(self) -> None:
         await self.store.set_meta(self.room.name, BASE_KEY, self.base)
         await self.store.set_meta(self.room.name, SHA_KEY, self.stamp.sha256.encode())
 
-    def _set_error(self, error: str | None) -> None:
-        if error != self.error:
-            if error:
-                logger.error("%s", error)
-            self.error = error
-            state = self.room.doc.get("state", type=Map)
-            if error is None:
-                if "file_error" in state:
-                    del state["file_error"]
-            else:
-                state["file_error"] = error
+    def _note_saved(self, when: float | None) -> None:
+        self.saved_at = when
+        state = state_of(self.room.doc)
+        with self.room.doc.transaction(origin=FILE):
+            if when is not None and state.get(SAVED_AT) != when:
+                state[SAVED_AT] = when
+            if self.error is None and FILE_ERROR in state:
+                del state[FILE_ERROR]
+        self._own_state = self.room.doc.get_state()
 
+    def _show_error(self) -> None:
+        state = state_of(self.room.doc)
+        with self.room.doc.transaction(origin=FILE):
+            error = self.error
+            if error is None:
+                if FILE_ERROR in state:
+                    del state[FILE_ERROR]
+            elif state.get(FILE_ERROR) != error:
+                state[FILE_ERROR] = error
+        self._own_state = self.room.doc.get_state()
+
+
+def _same_notebook(exported: dict[str, Any], nb: dict[str, Any]) -> bool:
+    return exported == canonical_notebook(nb)
+
+
+class FileSyncExtension(Extension):
+    """The .ipynb behind every room: an empty room is loaded from it (a room is only
+    served for a real, valid notebook), then kept in step by a FileSync; ``POST
+    /api/notebooks/{path}/save`` saves now."""
+
+    def __init__(self, settings: FileSettings | None = None) -> None:
+        self.settings = settings or FileSettings()
+        self.syncs: dict[str, FileSync] = {}
+        self._read: dict[str, tuple[dict[str, Any], FileStamp]] = {}
+        self._files: NotebookFiles | None = None
+        self._store: Store | None = None
+
+    def routes(self, api: Api) -> Sequence[BaseRoute]:
+        return [api.route("/api/notebooks/{path:path}/save", self.save_now, methods=["POST"], action=Action.WRITE)]
+
+    async def on_daemon_started(self, event: DaemonStarted) -> None:
+        self._files = event.daemon.files
+        self._store = event.daemon.store
+
+    async def on_room_loading(self, event: RoomLoading) -> None:
+        assert self._files is not None, "the daemon has not started"
+        # Raises if the file is gone or invalid: the room is refused.
+        nb, stamp = await asyncio.to_thread(self._files.read, event.name)
+        if not event.from_store:
+            await asyncio.to_thread(load_notebook, event.doc, nb)
+        self._read[event.name] = (nb, stamp)
+
+    async def on_room_loaded(self, event: RoomLoaded) -> None:
+        assert self._files is not None and self._store is not None
+        room = event.room
+        nb, stamp = self._read.pop(room.name)
+        sync = await FileSync.open(room, self._files, self._store, nb, stamp, self.settings)
+        sync.start()
+        self.syncs[room.name] = sync
+
+    def on_changes_durable(self, event: ChangesDurable) -> None:
+        sync = self.syncs.get(event.room.name)
+        if sync is not None:
+            sync.changed()
+
+    async def on_room_unloading(self, event: RoomUnloading) -> None:
+        sync = self.syncs.pop(event.room.name, None)
+        if sync is not None:
+            await sync.close()
+
+    async def save_now(self, api: Api, request: Request, path: str) -> Response:
+        """Write the notebook to its file now (Ctrl+S)."""
+        async with api.daemon.rooms.hold(path) as room:
+            await room.flushed()
+            sync = self.syncs[room.name]
+            saved_at = await sync.save()
+            if saved_at is None:
+                return JSONResponse({"error": sync.error or "the notebook could not be saved"}, status_code=409)
+            return JSONResponse({"saved_at": saved_at})

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .bodies import LOGIN_BODY_BYTES
 from .pages import SECURITY_HEADERS
 from .sessions import COOKIE_NAME, LoginLimiter, SessionSigner
 from .users import UserStore
@@ -87,9 +88,9 @@ def login_routes(
         keys = (f"user:{name}", f"ip:{client}")
         wait = limiter.blocked(*keys)
         if wait > 0:
-            response = _page(request, name=name, next_url=next_url, error="Too many failed attempts: try again later.", status=429)
-            response.headers["Retry-After"] = str(int(wait) + 1)
-            return response
+            blocked = _page(request, name=name, next_url=next_url, error="Too many failed attempts: try again later.", status=429)
+            blocked.headers["Retry-After"] = str(int(wait) + 1)
+            return blocked
         # argon2 is deliberately slow: keep it off the event loop.
         account = await asyncio.to_thread(users.verify_password, name, password)
         if account is None:
@@ -97,6 +98,7 @@ def login_routes(
             return _page(request, name=name, next_url=next_url, error="Wrong user name or password.", status=401)
         limiter.succeeded(*keys)
         cookie, session = signer.issue(account.name)
+        await asyncio.to_thread(users.add_session, session.id, session.user, session.expires)
         response: Response
         if _wants_json(request):
             response = JSONResponse({"user": account.name, "csrf": session.csrf})
@@ -115,26 +117,29 @@ def login_routes(
 
     async def logout(request: Request) -> Response:
         session = signer.read(request.cookies.get(COOKIE_NAME))
-        if session is not None and request.headers.get("x-csrf-token") != session.csrf:
-            fields = await _fields(request)
-            if fields.get("csrf") != session.csrf:
-                return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
+        if session is not None:
+            if request.headers.get("x-csrf-token") != session.csrf:
+                fields = await _fields(request)
+                if fields.get("csrf") != session.csrf:
+                    return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
+            # The session ends on the server too: the cookie is worth nothing from now on,
+            # and websockets opened with it are closed (NotebookSync watches users.sqlite3).
+            await asyncio.to_thread(users.end_session, session.id)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE_NAME, path="/")
         return response
 
     return [
         Route("/login", login_form, methods=["GET"], name="login"),
-        Route("/login", login, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]),
+        Route("/login", login, methods=["POST"], max_body_size=LOGIN_BODY_BYTES),
+        Route("/logout", logout, methods=["POST"], max_body_size=LOGIN_BODY_BYTES),
     ]
 
 
 async def _fields(request: Request) -> dict[str, str]:
-    """Form or JSON fields, without extra dependencies (urlencoded forms only)."""
+    """Form or JSON fields, without extra dependencies (urlencoded forms only).
+    The route's body limit (LOGIN_BODY_BYTES) has capped the body already."""
     body = await request.body()
-    if len(body) > 64 * 1024:
-        return {}
     if _wants_json(request):
         try:
             data = json.loads(body or b"{}")

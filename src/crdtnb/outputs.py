@@ -1,4 +1,4 @@
-"""Writing kernel messages into a notebook document (REFERENCE §4).
+"""Writing kernel messages into a notebook document (docs/outputs.md).
 
 One ``OutputWriter`` per kernel applies iopub messages in arrival order, in
 batches: each ``apply`` call runs inside one transaction of the caller. Rules:
@@ -27,6 +27,8 @@ import nbformat
 from pycrdt import Array, Doc, Map, Text
 
 from .notebook import new_output_map
+from .schema import CellIndex
+from .settings import KernelSettings
 
 logger = logging.getLogger("crdtnb.outputs")
 
@@ -34,12 +36,13 @@ logger = logging.getLogger("crdtnb.outputs")
 _CARRIAGE_RETURN = re.compile(r"^.*\r+(?!\n|$)", re.MULTILINE)
 _BACKSPACE = re.compile(r"[^\n]\x08")
 OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error"}
+_DEFAULTS = KernelSettings()
 
 
 @dataclass(frozen=True)
 class OutputLimits:
-    max_stream_bytes: int = 2**20  # per stream output
-    max_output_bytes: int = 8 * 2**20  # any other single output
+    max_stream_bytes: int = _DEFAULTS.max_stream_bytes  # per stream output
+    max_output_bytes: int = _DEFAULTS.max_output_bytes  # any other single output
     stream_head_fraction: float = 0.25  # of a truncated stream, the share kept from its start
 
 
@@ -143,27 +146,20 @@ class _CellState:
 class OutputWriter:
     """Applies iopub messages to the cells of one document."""
 
-    def __init__(self, doc: Doc, limits: OutputLimits | None = None) -> None:
+    def __init__(
+        self, doc: Doc, limits: OutputLimits | None = None, index: CellIndex | None = None, origin: object = None
+    ) -> None:
         self.doc = doc
         self.limits = limits or OutputLimits()
+        self.index = index or CellIndex(doc)
+        self.origin = origin  # of the transactions it opens (the kernel's)
         self._cells: dict[str, _CellState] = {}
         self._displays: dict[str, list[tuple[str, Map]]] = {}
-        # Cell lookups are cached within one batch (one transaction), where cells cannot move.
-        self._batch_cells: dict[str, Map] | None = None
 
     # -- lookups -----------------------------------------------------------------
 
     def find_cell(self, cell_id: str) -> Map | None:
-        if self._batch_cells is not None and cell_id in self._batch_cells:
-            return self._batch_cells[cell_id]
-        found = None
-        for cell in self.doc.get("cells", type=Array):
-            if cell.get("id") == cell_id:
-                found = cell
-                break
-        if self._batch_cells is not None and found is not None:
-            self._batch_cells[cell_id] = found
-        return found
+        return self.index.get(cell_id)
 
     def _outputs(self, cell_id: str) -> Array | None:
         cell = self.find_cell(cell_id)
@@ -208,16 +204,12 @@ class OutputWriter:
         """Apply messages in order, inside one transaction of the document.
         Consecutive stream messages to the same output are joined first, so a
         burst of tiny prints costs one edit."""
-        self._batch_cells = {}
-        try:
-            with self.doc.transaction():
-                for cell_id, msg in _join_streams(batch):
-                    try:
-                        self.apply(cell_id, msg)
-                    except Exception:
-                        logger.exception("could not write a %s output", msg["header"]["msg_type"])
-        finally:
-            self._batch_cells = None
+        with self.doc.transaction(origin=self.origin):
+            for cell_id, msg in _join_streams(batch):
+                try:
+                    self.apply(cell_id, msg)
+                except Exception:
+                    logger.exception("could not write a %s output", msg["header"]["msg_type"])
 
     def apply(self, cell_id: str, msg: dict[str, Any]) -> None:
         """Apply one iopub message addressed to ``cell_id`` (inside the caller's transaction)."""

@@ -3,7 +3,7 @@
 Pure functions with no transport, in the spirit of y-protocols' ``sync.js``: one
 small function per message kind. Every frame is validated here before any byte
 reaches pycrdt, because yrs can be driven into huge allocations by crafted
-lengths (REFERENCE §3).
+lengths (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ class SyncType(IntEnum):
 
 class ProtocolError(ValueError):
     """A frame that breaks the protocol; the connection that sent it is closed."""
+
+
+class PolicyViolation(ProtocolError):
+    """A well-formed frame that breaks a limit of the server (closed with 1008)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +225,7 @@ def read_awareness(payload: bytes) -> list[AwarenessEntry]:
 
 def write_awareness(entries: list[AwarenessEntry]) -> bytes:
     """Encode awareness entries. pycrdt's own encoder writes the length of the str,
-    not of its UTF-8 bytes, which corrupts non-ASCII names (REFERENCE §2)."""
+    not of its UTF-8 bytes, which corrupts non-ASCII names (docs/protocol.md)."""
     parts = [write_var_uint(len(entries))]
     for entry in entries:
         parts.append(write_var_uint(entry.client_id))

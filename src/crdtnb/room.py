@@ -1,10 +1,11 @@
 """One shared notebook: its server-held document, its peers, and its ordered
 persist-then-relay pipeline.
 
-Every change to the document, whoever made it (a client, the file merger, later
-the kernel agent), is captured by one document observer and goes through the
-same pipeline: appended to the room's durable log, then relayed to every peer
-but the one it came from, encoded once for all of them.
+Every change to the document, whoever made it (a client, the file merger, the
+kernel agent), is captured by one document observer and goes through the same
+pipeline: appended to the room's durable log, then relayed to every peer but the
+one it came from, encoded once for all of them. A peer's update is first checked
+by the schema guard (guard.py); a repair it needs is relayed merged with it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import replace
-from collections.abc import Callable
-from pycrdt import Doc, TransactionEvent
+
+from pycrdt import Doc, Subscription, TransactionEvent, merge_updates
 
 from .auth import User
-from .awareness import RoomAwareness
+from .awareness import PresenceLimits, RoomAwareness
+from .extensions import Change, ChangesDurable, Hooks, PeerJoined, PeerLeft
 from .fanout import Fanout, LocalFanout, Peer
+from .guard import SchemaGuard
+from .origins import SERVER, SERVER_ORIGINS, Origin, PeerOrigin, RemoteOrigin
 from .protocol import (
     ProtocolError,
     encode_awareness,
@@ -28,6 +33,7 @@ from .protocol import (
     read_awareness,
     write_awareness,
 )
+from .schema import CellIndex
 from .store import Store
 
 logger = logging.getLogger("crdtnb.room")
@@ -38,22 +44,35 @@ class RejectedUpdate(ProtocolError):
 
 
 class Room:
-    def __init__(self, name: str, doc: Doc, store: Store, fanout: Fanout | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        doc: Doc,
+        store: Store,
+        fanout: Fanout | None = None,
+        index: CellIndex | None = None,
+        presence: PresenceLimits | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
         self.name = name
         self.doc = doc
         self.store = store
         self.fanout = fanout or LocalFanout()
-        self.awareness = RoomAwareness()
+        # Build the index before filling the doc where you can: then it costs O(n).
+        self.index = index or CellIndex(doc)
+        self.guard = SchemaGuard(doc, self.index, is_peer=lambda origin: isinstance(origin, PeerOrigin))
+        self.awareness = RoomAwareness(presence)
         self.peers: set[Peer] = set()
-        # Named hooks, called after each batch of changes is durable.
-        self.on_change: list[Callable[[], None]] = []
-        self._origin: Peer | None = None
-        self._outbox: list[tuple[bytes, Peer | None]] = []
+        self.hooks = hooks or Hooks()
+        self._origins: dict[int, Origin] = {hash(origin): origin for origin in SERVER_ORIGINS}
+        self._peer_origins: dict[Peer, PeerOrigin] = {}
+        # Captured transactions waiting to be stored: (update, origin, when captured).
+        self._outbox: list[tuple[bytes, Origin, float]] = []
         self._wake = asyncio.Event()
         self._enqueued = 0
         self._committed = 0
         self._committed_changed = asyncio.Condition()
-        self._subscription = doc.observe(self._capture)
+        self._subscription: Subscription | None = doc.observe(self._capture)
         self._pipeline: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -62,7 +81,11 @@ class Room:
     async def close(self) -> None:
         """Wait until every captured change is durable, then stop."""
         await self.flushed()
-        self.doc.unobserve(self._subscription)
+        if self._subscription is not None:
+            self.doc.unobserve(self._subscription)
+            self._subscription = None
+            self.guard.close()
+            self.index.close()
         if self._pipeline is not None:
             self._pipeline.cancel()
             await asyncio.gather(self._pipeline, return_exceptions=True)
@@ -70,19 +93,32 @@ class Room:
 
     # -- peers --------------------------------------------------------------
 
-    def join(self, peer: Peer) -> None:
+    def origin_of(self, peer: Peer, user: User | None = None) -> PeerOrigin:
+        origin = self._peer_origins.get(peer)
+        if origin is None:
+            origin = self._peer_origins[peer] = PeerOrigin(peer, user)
+            self._origins[hash(origin)] = origin
+        return origin
+
+    def join(self, peer: Peer, user: User | None = None, can_write: bool = True) -> None:
         """Add a peer and send it our state vector and everyone's presence."""
+        self.origin_of(peer, user)
         self.peers.add(peer)
         peer.send(encode_sync_step1(self.doc.get_state()))
         states = self.awareness.encode_all()
         if states is not None:
             peer.send(encode_awareness(states))
+        self.hooks.notify("on_peer_joined", PeerJoined(self, peer, user, can_write))
 
     def leave(self, peer: Peer) -> None:
         self.peers.discard(peer)
+        origin = self._peer_origins.pop(peer, None)
+        if origin is not None:
+            self._origins.pop(hash(origin), None)
         removal = self.awareness.remove_owner(peer)
         if removal is not None:
             self.broadcast(encode_awareness(removal), exclude=peer)
+        self.hooks.notify("on_peer_left", PeerLeft(self, peer, origin.user if origin else None))
 
     def broadcast(self, message: bytes, exclude: Peer | None = None) -> None:
         self.fanout.publish(self.name, message, list(self.peers), exclude)
@@ -98,15 +134,29 @@ class Room:
         await self.flushed()
         peer.send(encode_sync_step2(update))
 
-    def on_update(self, peer: Peer | None, update: bytes) -> None:
-        """Apply a peer's update; the observer persists and relays it."""
-        self._origin = peer
+    def on_update(self, peer: Peer, update: bytes) -> None:
+        """Apply a peer's update, repair what it broke of the schema; the observer
+        persists and relays both (as one update when there was a repair)."""
+        self.guard.learn_outputs()
+        mark = len(self._outbox)
         try:
-            self.doc.apply_update(update)
+            with self.doc.transaction(origin=self.origin_of(peer)):
+                self.doc.apply_update(update)
         except ValueError as exc:
             raise RejectedUpdate(f"update rejected: {exc}") from exc
-        finally:
-            self._origin = None
+        if self.guard.repair() and len(self._outbox) - mark > 1:
+            # Everyone, the sender included, gets the update with its repair in one
+            # frame: no client ever holds the broken state.
+            captured = self._outbox[mark:]
+            merged = merge_updates(*[update for update, _, _ in captured])
+            self._outbox[mark:] = [(merged, SERVER, captured[0][2])]
+            self._enqueued -= len(captured) - 1
+
+    def apply_remote(self, update: bytes, origin: RemoteOrigin) -> None:
+        """Apply an update another daemon has stored already: relayed, not stored."""
+        self._origins.setdefault(hash(origin), origin)
+        with self.doc.transaction(origin=origin):
+            self.doc.apply_update(update)
 
     def on_awareness(self, peer: Peer, payload: bytes, user: User | None = None) -> None:
         """Record and relay presence. A peer may only speak for client ids that are
@@ -116,11 +166,13 @@ class Room:
             owner = self.awareness.owner(entry.client_id)
             if owner is not None and owner is not peer:
                 continue  # someone else's presence
+            entries.append(entry)
+        self.awareness.check(entries, owner=peer)
+        for i, entry in enumerate(entries):
             if entry.state != "null" and user is not None:
-                entry = replace(entry, state=_stamp_identity(entry.state, user))
+                entries[i] = replace(entry, state=_stamp_identity(entry.state, user))
             elif entry.state != "null":
                 _check_json(entry.state)
-            entries.append(entry)
         accepted = self.awareness.apply(entries, owner=peer)
         if accepted:
             # Sent back to the sender too, as y-websocket's server does: its periodic
@@ -135,7 +187,8 @@ class Room:
     # -- the persist-then-relay pipeline ---------------------------------------
 
     def _capture(self, event: TransactionEvent) -> None:
-        self._outbox.append((event.update, self._origin))
+        origin = self._origins.get(event.transaction.origin(), SERVER)  # type: ignore[arg-type]
+        self._outbox.append((event.update, origin, time.monotonic()))
         self._enqueued += 1
         self._wake.set()
 
@@ -152,14 +205,19 @@ class Room:
             batch, self._outbox = self._outbox, []
             if not batch:
                 continue
-            await self._persist([update for update, _ in batch])
+            local = [update for update, origin, _ in batch if not isinstance(origin, RemoteOrigin)]
+            if local:
+                await self._persist(local)
+            durable = time.monotonic()
             async with self._committed_changed:
                 self._committed += len(batch)
                 self._committed_changed.notify_all()
-            for update, origin in batch:
-                self.broadcast(encode_update(update), exclude=origin)
-            for hook in self.on_change:
-                hook()
+            for update, origin, _ in batch:
+                sender = origin.peer if isinstance(origin, PeerOrigin) else None
+                self.broadcast(encode_update(update), exclude=sender)
+            if self.hooks.wants("on_changes_durable"):
+                changes = tuple(Change(update, origin, received, durable) for update, origin, received in batch)
+                self.hooks.notify("on_changes_durable", ChangesDurable(self, changes))
 
     async def _persist(self, updates: list[bytes]) -> None:
         """Append to the log; on a storage fault keep retrying rather than relay

@@ -1,4 +1,9 @@
-"""Login sessions: signed cookies, CSRF tokens and a limit on failed logins."""
+"""Login sessions: signed cookies, CSRF tokens and a limit on failed logins.
+
+A cookie names a session by a random id; the server keeps a record of each
+session under the id's hash (``UserStore``, in users.sqlite3), so a session
+ends when its record goes: at logout, or when ``crdtnb users passwd``,
+``revoke-tokens`` or ``remove`` end all of a user's sessions."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ CSRF_HEADER = "x-csrf-token"
 
 @dataclass(frozen=True)
 class Session:
+    id: str  # random; the server's record of the session is kept under its hash
     user: str
     csrf: str
     expires: float
@@ -44,11 +50,15 @@ class SessionSigner:
         self.max_age = max_age
 
     def issue(self, user: str) -> tuple[str, Session]:
-        session = Session(user, secrets.token_urlsafe(24), time.time() + self.max_age)
-        payload = _b64(json.dumps({"u": session.user, "c": session.csrf, "e": session.expires}).encode())
+        """A new session and its cookie; the caller records it (``UserStore.add_session``)."""
+        session = Session(secrets.token_urlsafe(32), user, secrets.token_urlsafe(24), time.time() + self.max_age)
+        fields = {"s": session.id, "u": session.user, "c": session.csrf, "e": session.expires}
+        payload = _b64(json.dumps(fields).encode())
         return f"{payload}.{self._sign(payload)}", session
 
     def read(self, cookie: str | None) -> Session | None:
+        """The session a cookie names, if its signature holds and it has not expired
+        (whether it has ended is the server's record to say)."""
         if not cookie or "." not in cookie:
             return None
         payload, signature = cookie.rsplit(".", 1)
@@ -56,7 +66,7 @@ class SessionSigner:
             return None
         try:
             data = json.loads(_unb64(payload))
-            session = Session(str(data["u"]), str(data["c"]), float(data["e"]))
+            session = Session(str(data["s"]), str(data["u"]), str(data["c"]), float(data["e"]))
         except (ValueError, KeyError, TypeError):
             return None
         return session if session.expires > time.time() else None

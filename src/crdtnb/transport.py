@@ -11,8 +11,7 @@ import inspect
 import logging
 import types
 from collections import deque
-from collections.abc import Coroutine, Generator
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Generator
 from enum import IntEnum
 from typing import Any
 
@@ -24,6 +23,7 @@ from .protocol import (
     AuthMessage,
     AwarenessMessage,
     Message,
+    PolicyViolation,
     ProtocolError,
     QueryAwareness,
     SyncStep1,
@@ -33,6 +33,7 @@ from .protocol import (
     parse_message,
 )
 from .room import Room
+from .settings import TransportLimits
 
 logger = logging.getLogger("crdtnb.transport")
 
@@ -51,14 +52,6 @@ class CloseCode(IntEnum):
     FORBIDDEN = 4403
     NOT_FOUND = 4404
     INVALID_NOTEBOOK = 4422
-
-
-@dataclass(frozen=True)
-class TransportLimits:
-    max_frame_bytes: int = 16 * 2**20
-    max_queue_bytes: int = 64 * 2**20
-    max_queue_messages: int = 20_000
-    close_timeout: float = 5.0
 
 
 class ConnectionClosed(Exception):
@@ -224,16 +217,20 @@ async def run_peer(
     can_write: bool,
     limits: TransportLimits,
     label: str,
+    on_open: Callable[[WebSocketPeer], None] | None = None,
 ) -> None:
     """Serve an accepted websocket as a peer of ``room`` until either side closes.
 
     ``send`` is the connection's ASGI send: messages go straight to it, not
-    through Starlette's per-message checks."""
+    through Starlette's per-message checks. ``on_open`` is given the peer, e.g.
+    to close it later when the connection loses access."""
     peer = WebSocketPeer(websocket, send, limits, label)
+    if on_open is not None:
+        on_open(peer)
     writer = asyncio.create_task(peer.run_writer(), name=f"writer:{label}")
     reader = asyncio.create_task(_read_frames(websocket, peer, room, user, can_write, limits), name=f"reader:{label}")
     overflow = asyncio.create_task(peer.overflowed.wait())
-    room.join(peer)
+    room.join(peer, user, can_write)
     try:
         done, _ = await asyncio.wait({reader, writer, overflow}, return_when=asyncio.FIRST_COMPLETED)
         if overflow in done:
@@ -280,6 +277,8 @@ async def _read_frames(
             return True
         if event["type"] == "websocket.disconnect":
             return True
+        if peer.closing:
+            return False  # a close was asked for (e.g. access revoked): nothing more is applied
         data = event.get("bytes")
         try:
             if data is None:
@@ -291,9 +290,18 @@ async def _read_frames(
             logger.warning("%s: closing: %s", peer.label, exc.reason)
             peer.close(exc.code, exc.reason)
             return False
+        except PolicyViolation as exc:
+            logger.warning("%s: closing: %s", peer.label, exc)
+            peer.close(CloseCode.POLICY, str(exc))
+            return False
         except ProtocolError as exc:
             logger.warning("%s: closing on a malformed frame: %s", peer.label, exc)
             peer.close(CloseCode.INVALID_PAYLOAD, f"protocol error: {exc}")
+            return False
+        except Exception:
+            # A bug of ours must cost this connection only, never the room.
+            logger.exception("%s: closing after an internal error", peer.label)
+            peer.close(CloseCode.INTERNAL_ERROR, "internal error")
             return False
         if peer.closing:
             return False

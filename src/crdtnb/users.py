@@ -1,8 +1,10 @@
 """Accounts: users with roles (global and per path pattern), argon2 password
-hashes, and revocable API tokens stored as hashes.
+hashes, revocable API tokens and login sessions, both stored as hashes.
 
 Kept in ``users.sqlite3`` in the state directory, so ``crdtnb users …`` can
-change them while the daemon runs.
+change them while the daemon runs. Every change that may take access away
+bumps a revision number, which the daemon watches (``ChangeWatch``) to re-check
+its open connections.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 class Role(IntEnum):
     """Each role can do everything the ones below it can."""
 
+    NONE = 0  # nothing (on paths matching a pattern: locked out of them)
     VIEWER = 1  # read
     EDITOR = 2  # edit
     RUNNER = 3  # edit + execute
@@ -41,7 +44,7 @@ class Role(IntEnum):
         try:
             return cls[name.upper()]
         except KeyError:
-            raise ValueError(f"unknown role {name!r}: choose viewer, editor, runner or admin") from None
+            raise ValueError(f"unknown role {name!r}: choose none, viewer, editor, runner or admin") from None
 
     @property
     def label(self) -> str:
@@ -88,6 +91,18 @@ CREATE TABLE IF NOT EXISTS tokens (
     name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    created REAL NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_name ON sessions(name);
+CREATE TABLE IF NOT EXISTS revision (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO revision (id, value) VALUES (1, 0);
 """
 
 
@@ -133,9 +148,11 @@ class UserStore:
             )
 
     def remove(self, name: str) -> None:
+        """Deletes the user with their tokens, sessions and path roles."""
         with self._db() as db:
             if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
                 raise UserError(f"no user {name}")
+            _bump_revision(db)
 
     def set_role(self, name: str, role: Role, pattern: str | None = None) -> None:
         """The global role, or the role on paths matching a glob pattern."""
@@ -148,13 +165,17 @@ class UserStore:
                     "INSERT OR REPLACE INTO path_roles (name, pattern, role) VALUES (?, ?, ?)",
                     (name, pattern, int(role)),
                 )
+            _bump_revision(db)
 
     def set_password(self, name: str, password: str) -> None:
+        """Changes the password and ends every session of the user (API tokens stay)."""
         if len(password) < 8:
             raise UserError("the password must have at least 8 characters")
         with self._db() as db:
             self._require(db, name)
             db.execute("UPDATE users SET password_hash = ? WHERE name = ?", (self._hasher.hash(password), name))
+            db.execute("DELETE FROM sessions WHERE name = ?", (name,))
+            _bump_revision(db)
 
     def get(self, name: str) -> Account | None:
         with self._db() as db:
@@ -195,10 +216,15 @@ class UserStore:
             db.execute("INSERT INTO tokens (hash, name, created) VALUES (?, ?, ?)", (token_hash(token), name, time.time()))
         return token
 
-    def revoke_tokens(self, name: str) -> int:
+    def revoke_tokens(self, name: str) -> tuple[int, int]:
+        """Revokes every API token of the user and ends all their sessions:
+        returns how many tokens and sessions there were."""
         with self._db() as db:
             self._require(db, name)
-            return db.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount
+            tokens = db.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount
+            sessions = db.execute("DELETE FROM sessions WHERE name = ?", (name,)).rowcount
+            _bump_revision(db)
+            return tokens, sessions
 
     def account_for_token(self, token: str) -> Account | None:
         if not token.startswith(TOKEN_PREFIX):
@@ -210,7 +236,82 @@ class UserStore:
             return None
         return self.get(row[1])
 
+    # -- login sessions -------------------------------------------------------------------
+
+    def add_session(self, session_id: str, name: str, expires: float) -> None:
+        now = time.time()
+        with self._db() as db:
+            self._require(db, name)
+            db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+            db.execute(
+                "INSERT INTO sessions (hash, name, created, expires) VALUES (?, ?, ?, ?)",
+                (token_hash(session_id), name, now, expires),
+            )
+
+    def session_user(self, session_id: str) -> str | None:
+        """The user of a session that has neither ended nor expired."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT name FROM sessions WHERE hash = ? AND expires > ?", (token_hash(session_id), time.time())
+            ).fetchone()
+        return row[0] if row else None
+
+    def end_session(self, session_id: str) -> None:
+        with self._db() as db:
+            if db.execute("DELETE FROM sessions WHERE hash = ?", (token_hash(session_id),)).rowcount:
+                _bump_revision(db)
+
+    # -- watching for changes -------------------------------------------------------------
+
+    def watch(self) -> ChangeWatch:
+        with self._db():
+            pass  # the file and its tables exist from here on
+        return ChangeWatch(self.path)
+
     @staticmethod
     def _require(db: sqlite3.Connection, name: str) -> None:
         if not db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
             raise UserError(f"no user {name}")
+
+
+def _bump_revision(db: sqlite3.Connection) -> None:
+    """Marks a change that may take access away (see ChangeWatch)."""
+    db.execute("UPDATE revision SET value = value + 1 WHERE id = 1")
+
+
+class ChangeWatch:
+    """Tells cheaply whether access may have been taken away since the last look,
+    by this process or by ``crdtnb users …`` in another one.
+
+    One connection stays open: SQLite's ``PRAGMA data_version`` changes when any
+    other connection commits, and only then is the revision number read (logins
+    and new tokens commit too, but take nothing away)."""
+
+    def __init__(self, path: Path) -> None:
+        # timeout 0: never wait on a writer from the event loop; look again next time.
+        self._db = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        self._data_version = self._read_data_version()
+        self._revision = self._read_revision()
+
+    def changed(self) -> bool:
+        try:
+            data_version = self._read_data_version()
+            if data_version == self._data_version:
+                return False
+            revision = self._read_revision()
+        except sqlite3.OperationalError:
+            return False  # a writer holds the file: its commit shows up on a later look
+        self._data_version = data_version
+        if revision == self._revision:
+            return False
+        self._revision = revision
+        return True
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _read_data_version(self) -> int:
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _read_revision(self) -> int:
+        return int(self._db.execute("SELECT value FROM revision WHERE id = 1").fetchone()[0])

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tests.conftest import Daemon
 
 CHROMIUM = os.environ.get("CRDTNB_CHROMIUM", "/usr/bin/chromium")
-# REFERENCE §6: without the networking flags Chromium keeps dialling hosts it cannot reach.
+# Without the networking flags Chromium keeps dialling hosts this machine cannot reach.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -1,0 +1,386 @@
+"""The schema guard: what a peer may write into a notebook document.
+
+A peer's update is applied, then checked; what it broke is repaired at once, in one
+server transaction that the room stores and relays *together with* the update (merged
+into one), so no client, the file, REST or JupyterLab's model ever sees a broken
+notebook. The rules (docs/schema.md):
+
+- every cell is a Map with a valid, unique ``id``, a known ``cell_type``, a Text
+  ``source`` and a Map ``metadata``; code cells have an Array of outputs;
+- ``meta`` keeps ``nbformat`` 4, ``nbformat_minor`` >= 5 and a Map ``metadata``;
+- only the kernel agent writes outputs, ``execution_count``, ``execution_state`` and
+  the server's keys of ``state``. Peers may clear outputs and execution counts (delete
+  outputs, set the count to null), and may move, cut/paste within the notebook or undo
+  the deletion of a cell with its outputs: a cell that arrives with outputs keeps them
+  only if each output is one this room already had (the ``OutputLedger``);
+- of two cells with one id (two clients moved the same cell at once), the later copy
+  goes if it holds the same content, or gets a fresh id if it differs.
+
+Checks read the change events of the peer's transaction (inside the commit, where they
+are valid), so their cost is that of the change, not of the notebook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycrdt import Array, ArrayEvent, Doc, Map, MapEvent, Text
+
+from .notebook import CELL_ID, CELL_TYPES, MIN_NBFORMAT_MINOR, OUTPUT_TYPES, canonical_output, fresh_id
+from .origins import REPAIR
+from .schema import EXECUTION_STATE, SERVER_STATE_KEYS, CellEntry, CellIndex, meta_of, state_of
+
+logger = logging.getLogger("crdtnb.guard")
+
+EXECUTION_STATES = ("idle", "running")
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _fingerprint(output: dict[str, Any]) -> bytes:
+    text = json.dumps(canonical_output(output), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+class OutputLedger:
+    """Fingerprints of the outputs (and execution counts) this room held legitimately:
+    loaded from the file or the log, or written by the kernel agent."""
+
+    def __init__(self) -> None:
+        self._outputs: set[bytes] = set()
+        self._counts: set[int] = set()
+
+    def record(self, cell: dict[str, Any]) -> None:
+        for output in cell.get("outputs") or ():
+            self._outputs.add(_fingerprint(output))
+        count = cell.get("execution_count")
+        if type(count) is int:
+            self._counts.add(count)
+
+    def knows(self, outputs: list[Any], count: Any) -> bool:
+        if any(not isinstance(o, dict) or _fingerprint(o) not in self._outputs for o in outputs):
+            return False
+        return count is None or (type(count) is int and count in self._counts)
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+
+@dataclass(eq=False)
+class _CellFindings:
+    entry: CellEntry
+    inserted: bool = False
+    old: dict[str, Any] = field(default_factory=dict)  # changed keys -> old scalar (or a type)
+    new_outputs: set[int] = field(default_factory=set)  # positions of outputs the peer added
+    tampered_outputs: set[int] = field(default_factory=set)  # outputs the peer changed inside
+
+
+class SchemaGuard:
+    """Checks the transactions of peers on one document and repairs what they broke."""
+
+    def __init__(self, doc: Doc, index: CellIndex, is_peer: Callable[[Any], bool]) -> None:
+        self.doc = doc
+        self.index = index
+        self.is_peer = is_peer
+        self.ledger = OutputLedger()
+        # Cells the kernel agent has queued or runs: "running" is true for them.
+        self.running: set[str] = set()
+        self._cells: dict[int, _CellFindings] = {}
+        self._structure = False
+        self._meta: dict[str, Any] = {}
+        self._state: dict[str, tuple[bool, Any]] = {}
+        self.repairs = 0  # how many peer transactions needed a repair (for metrics)
+        index.listeners.append(self._on_cells)
+        # The wrappers that subscribed must be the ones that unsubscribe.
+        self._meta_map, self._state_map = meta_of(doc), state_of(doc)
+        self._meta_subscription = self._meta_map.observe(self._on_meta)
+        self._state_subscription = self._state_map.observe(self._on_state)
+
+    def close(self) -> None:
+        if self._on_cells in self.index.listeners:
+            self.index.listeners.remove(self._on_cells)
+            self._meta_map.unobserve(self._meta_subscription)
+            self._state_map.unobserve(self._state_subscription)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._cells or self._meta or self._state or self._structure)
+
+    # -- the ledger -----------------------------------------------------------------------
+
+    def learn_outputs(self, loading: bool = False) -> None:
+        """Record the outputs the server changed since last time, once they are final
+        (a running cell's outputs still grow: they are recorded when it ends; at load
+        nothing runs, whatever the cells say)."""
+        changed = self.index.outputs_changed
+        if not changed:
+            return
+        for entry in list(changed):
+            ymap = entry.ymap
+            if ymap is None:
+                changed.discard(entry)
+                continue
+            if not loading and (entry.cell_id in self.running or ymap.get(EXECUTION_STATE) == "running"):
+                continue
+            self.ledger.record(entry.export())
+            changed.discard(entry)
+
+    def check_document(self) -> bool:
+        """At load, before the room is shared: learn the outputs it holds, then check
+        every cell and the meta (a log written before these rules, or by another tool,
+        may hold anything). Returns whether something had to be repaired."""
+        for entry in self.index:
+            entry.json_text()  # the first export and the ledger need every cell's
+        self.learn_outputs(loading=True)
+        for entry in self.index:
+            self._findings(entry).inserted = True
+        self._structure = True
+        self._meta = {"nbformat": None, "nbformat_minor": None, "metadata": None}
+        return self.repair()
+
+    # -- reading a peer's transaction (inside its commit: read only) ---------------------
+
+    def _findings(self, entry: CellEntry) -> _CellFindings:
+        found = self._cells.get(id(entry))
+        if found is None:
+            found = self._cells[id(entry)] = _CellFindings(entry)
+        return found
+
+    def _on_cells(self, events: list[Any], origin: Any) -> None:
+        if not self.is_peer(origin):
+            return
+        index = self.index
+        for event in events:
+            path = event.path
+            if not path:
+                if isinstance(event, ArrayEvent):
+                    self._structure = True
+                    position = 0
+                    for op in event.delta:
+                        if "retain" in op:
+                            position += op["retain"]
+                        elif "insert" in op:
+                            for _ in op["insert"]:
+                                self._findings(index.at(position)).inserted = True
+                                position += 1
+                continue
+            position = path[0]
+            if not isinstance(position, int) or position >= len(index):
+                continue
+            if len(path) >= 2 and path[1] != "outputs":
+                continue  # typing in a source, editing metadata: nothing to check
+            found = self._findings(index.at(position))
+            if len(path) == 1 and isinstance(event, MapEvent):
+                for key, change in event.keys.items():
+                    found.old.setdefault(key, change.get("oldValue"))
+            else:
+                if len(path) == 2 and isinstance(event, ArrayEvent):
+                    spot = 0
+                    for op in event.delta:
+                        if "retain" in op:
+                            spot += op["retain"]
+                        elif "insert" in op:
+                            for _ in op["insert"]:
+                                found.new_outputs.add(spot)
+                                spot += 1
+                elif len(path) >= 3 and isinstance(path[2], int):
+                    found.tampered_outputs.add(path[2])
+
+    def _on_meta(self, event: Any, txn: Any) -> None:
+        if self.is_peer(txn.origin) and isinstance(event, MapEvent):
+            for key, change in event.keys.items():
+                self._meta.setdefault(key, change.get("oldValue"))
+
+    def _on_state(self, event: Any, txn: Any) -> None:
+        if self.is_peer(txn.origin) and isinstance(event, MapEvent):
+            for key, change in event.keys.items():
+                if key in SERVER_STATE_KEYS:
+                    self._state.setdefault(key, (change.get("action") == "add", change.get("oldValue")))
+
+    # -- repairing --------------------------------------------------------------------------
+
+    def repair(self) -> bool:
+        """Fix what the peer's transaction broke, in one server transaction. Returns
+        whether anything had to change."""
+        if not self.pending:
+            return False
+        cells, self._cells = list(self._cells.values()), {}
+        meta, self._meta = self._meta, {}
+        state, self._state = self._state, {}
+        structure, self._structure = self._structure, False
+        before = self.doc.get_state()
+        with self.doc.transaction(origin=REPAIR):
+            for found in cells:
+                self._repair_cell(found)
+            if structure:
+                self._resolve_duplicates(cells)
+            self._repair_meta(meta)
+            self._repair_state(state)
+        changed = self.doc.get_state() != before
+        if changed:
+            self.repairs += 1
+        return changed
+
+    def _repair_cell(self, found: _CellFindings) -> None:
+        entry = found.entry
+        position = self.index.position_of(entry)
+        if position is None:
+            return  # deleted meanwhile
+        ymap = entry.ymap
+        if ymap is None:
+            logger.warning("a peer inserted a cell that is not a Map: removed")
+            del self.index.cells[position]
+            return
+        old = found.old
+        inserted = found.inserted
+        # Identity and type.
+        cell_id = ymap.get("id")
+        if "id" in old and not inserted:
+            previous = old["id"]
+            ymap["id"] = previous if isinstance(previous, str) and CELL_ID.match(previous) else self._new_id()
+            self.index.refresh(position)
+        elif not isinstance(cell_id, str) or not CELL_ID.match(cell_id):
+            ymap["id"] = self._new_id()
+            self.index.refresh(position)
+        cell_type = ymap.get("cell_type")
+        if cell_type not in CELL_TYPES:
+            previous = old.get("cell_type")
+            cell_type = previous if previous in CELL_TYPES and not inserted else "raw"
+            ymap["cell_type"] = cell_type
+        retyped = inserted or "cell_type" in old
+        # Content keys a peer may write, but only with the right types.
+        source = ymap.get("source")
+        if not isinstance(source, Text):
+            ymap["source"] = Text(source if isinstance(source, str) else "")
+        metadata = ymap.get("metadata")
+        if not isinstance(metadata, Map):
+            ymap["metadata"] = Map(metadata if _is_json_object(metadata) else {})
+        if "attachments" in ymap and not _is_json_object(ymap.get("attachments")):
+            del ymap["attachments"]
+        if cell_type == "code":
+            self._repair_code_cell(ymap, found, retyped)
+        elif retyped:
+            for key in ("outputs", "execution_count", EXECUTION_STATE):
+                if key in ymap:
+                    del ymap[key]
+
+    def _repair_code_cell(self, ymap: Map, found: _CellFindings, retyped: bool) -> None:
+        old = found.old
+        outputs = ymap.get("outputs")
+        count = ymap.get("execution_count")
+        if found.inserted or ("outputs" in old and not isinstance(outputs, Array)):
+            # A cell arriving whole (moved, pasted, undone) keeps only outputs we know.
+            plain = _plain_outputs(outputs)
+            if plain is None or not self.ledger.knows(plain, _count(count)):
+                if not isinstance(outputs, Array) or len(outputs):
+                    ymap["outputs"] = Array()
+                ymap["execution_count"] = None
+        elif "outputs" in old:
+            # The Array itself was replaced: only by an empty one (a clear).
+            if len(outputs):
+                ymap["outputs"] = Array()
+        elif not isinstance(outputs, Array):
+            ymap["outputs"] = Array()
+        else:
+            doomed = found.new_outputs | found.tampered_outputs
+            for spot in sorted(doomed, reverse=True):
+                if spot < len(outputs):
+                    del outputs[spot]
+        if "execution_count" in old and not found.inserted:
+            value = ymap.get("execution_count")
+            if value is not None:  # peers may only clear it
+                previous = old["execution_count"]
+                ymap["execution_count"] = previous if previous is None or type(previous) in (int, float) else None
+        elif "execution_count" not in ymap or not _is_count(ymap.get("execution_count")):
+            ymap["execution_count"] = None
+        state = ymap.get(EXECUTION_STATE)
+        running = ymap.get("id") in self.running
+        if EXECUTION_STATE in old and not found.inserted:
+            previous = old[EXECUTION_STATE]
+            ymap[EXECUTION_STATE] = previous if previous in EXECUTION_STATES else "idle"
+        elif retyped or state not in EXECUTION_STATES or (state == "running" and not running):
+            if state != "idle" and not running:
+                ymap[EXECUTION_STATE] = "idle"
+
+    def _new_id(self) -> str:
+        return fresh_id({i for i in self.index.ids() if i is not None})
+
+    def _resolve_duplicates(self, cells: list[_CellFindings]) -> None:
+        """A cell the peer inserted whose id another cell has: the same content goes,
+        different content gets a new id."""
+        for found in cells:
+            if not found.inserted:
+                continue
+            entry = found.entry
+            position = self.index.position_of(entry)
+            if position is None or entry.cell_id is None or self.index.count(entry.cell_id) < 2:
+                continue
+            others = [e for e in self.index if e.cell_id == entry.cell_id and e is not entry]
+            mine = _content(entry.export())
+            if any(_content(other.export()) == mine for other in others):
+                logger.info("removed a duplicate of cell %s (two concurrent moves)", entry.cell_id)
+                del self.index.cells[position]
+            else:
+                assert entry.ymap is not None
+                entry.ymap["id"] = self._new_id()
+                self.index.refresh(position)
+
+    def _repair_meta(self, old: dict[str, Any]) -> None:
+        if not old:
+            return
+        meta = meta_of(self.doc)
+        if "nbformat" in old and _count(meta.get("nbformat")) != 4:
+            meta["nbformat"] = 4
+        if "nbformat_minor" in old:
+            minor = meta.get("nbformat_minor")
+            if not _is_count(minor) or minor < MIN_NBFORMAT_MINOR:
+                previous = old["nbformat_minor"]
+                ok = _is_count(previous) and previous >= MIN_NBFORMAT_MINOR
+                meta["nbformat_minor"] = previous if ok else MIN_NBFORMAT_MINOR
+        if "metadata" in old:
+            metadata = meta.get("metadata")
+            if not isinstance(metadata, Map):
+                meta["metadata"] = Map(metadata if _is_json_object(metadata) else {})
+
+    def _repair_state(self, old: dict[str, tuple[bool, Any]]) -> None:
+        state = state_of(self.doc)
+        for key, (added, previous) in old.items():
+            if added or not isinstance(previous, _SCALARS):
+                if key in state:
+                    del state[key]
+            elif state.get(key) != previous:
+                state[key] = previous
+
+
+def _plain_outputs(outputs: Any) -> list[Any] | None:
+    if not isinstance(outputs, Array):
+        return None
+    plain = json.loads(str(outputs))
+    if not isinstance(plain, list) or not all(
+        isinstance(o, dict) and o.get("output_type") in OUTPUT_TYPES for o in plain
+    ):
+        return None
+    return plain
+
+
+def _count(value: Any) -> Any:
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+def _is_count(value: Any) -> bool:
+    value = _count(value)
+    return value is None or (type(value) is int and value >= 0)
+
+
+def _is_json_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _content(cell: dict[str, Any]) -> tuple[Any, Any]:
+    return cell.get("cell_type"), cell.get("source")

@@ -1,0 +1,204 @@
+"""Kernels, as an extension: one agent per room that runs code, the REST routes that
+drive them, idle culling, and what a stopped daemon leaves behind.
+
+An agent keeps its room loaded while its kernel lives; a kernel that dies, is shut down
+or is culled lets the room go (it is evicted once nobody else holds it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from ..api import RequestError
+from ..auth import Action
+from ..extensions import DaemonStarted, DaemonStopping, Extension, RoomLoaded, RoomLoading
+from ..origins import KERNEL
+from ..outputs import OutputWriter
+from ..schema import EXECUTION_STATE, KERNEL_STATUS, state_of
+from ..settings import KernelSettings
+from .agent import CUT_OFF, KernelAgent, KernelStatus
+from .process import KernelLauncher
+
+if TYPE_CHECKING:
+    from ..api import Api
+    from ..daemon import Daemon
+
+logger = logging.getLogger("crdtnb.kernel")
+
+MAX_CELLS_PER_REQUEST = 10_000
+
+
+class Kernels(Extension):
+    def __init__(self, settings: KernelSettings | None = None, launcher: KernelLauncher | None = None) -> None:
+        self.settings = settings or KernelSettings()
+        self.launcher = launcher  # a sandbox; None: kernels run as the daemon's own user
+        self.agents: dict[str, KernelAgent] = {}
+        self._ended: dict[str, KernelStatus] = {}  # rooms whose kernel died or was culled
+        self._cut_off: dict[str, list[str]] = {}
+        self._daemon: Daemon | None = None
+        self._lock = asyncio.Lock()
+        self._culler: asyncio.Task[None] | None = None
+
+    # -- hooks ------------------------------------------------------------------------
+
+    def routes(self, api: Api) -> Sequence[BaseRoute]:
+        return [
+            api.route("/api/notebooks/{path:path}/execute", self._execute, methods=["POST"], action=Action.EXECUTE),
+            api.route("/api/notebooks/{path:path}/interrupt", self._interrupt, methods=["POST"], action=Action.EXECUTE),
+            api.route("/api/notebooks/{path:path}/restart", self._restart, methods=["POST"], action=Action.EXECUTE),
+            api.route("/api/notebooks/{path:path}/shutdown", self._shutdown, methods=["POST"], action=Action.EXECUTE),
+            api.route("/api/notebooks/{path:path}/kernel", self._status, methods=["GET"], action=Action.READ),
+        ]
+
+    async def on_daemon_started(self, event: DaemonStarted) -> None:
+        self._daemon = event.daemon
+        if self.settings.cull_idle > 0:
+            self._culler = asyncio.create_task(self._cull_forever(), name="kernel-culler")
+
+    async def on_daemon_stopping(self, event: DaemonStopping) -> None:
+        """Shut every kernel down (no orphan processes); a cell still running gets a
+        note that the server stopped."""
+        if self._culler is not None:
+            self._culler.cancel()
+            await asyncio.gather(self._culler, return_exceptions=True)
+        agents = list(self.agents.values())
+        await asyncio.gather(*(agent.shutdown(lost=True) for agent in agents), return_exceptions=True)
+        for agent in agents:
+            self._forget(agent)
+
+    async def on_room_loading(self, event: RoomLoading) -> None:
+        # No kernel runs for a room that is only now loading: cells it shows as running
+        # were cut off when the daemon last stopped (read before the schema check resets them).
+        def still_running() -> list[str]:
+            return [
+                entry.cell_id
+                for entry in event.index
+                if entry.ymap is not None and entry.cell_id and entry.ymap.get(EXECUTION_STATE) == "running"
+            ]
+
+        running = await asyncio.to_thread(still_running)  # the doc is not shared yet
+        if running:
+            self._cut_off[event.name] = running
+
+    async def on_room_loaded(self, event: RoomLoaded) -> None:
+        room = event.room
+        cut_off = self._cut_off.pop(room.name, [])
+        state = state_of(room.doc)
+        with room.doc.transaction(origin=KERNEL):
+            if state.get(KERNEL_STATUS) not in (None, KernelStatus.NONE.value, KernelStatus.DEAD.value):
+                state[KERNEL_STATUS] = KernelStatus.NONE.value
+            if cut_off:
+                writer = OutputWriter(room.doc, index=room.index)
+                ename, evalue = CUT_OFF
+                for cell_id in cut_off:
+                    writer.add_error(cell_id, ename, evalue, [f"{ename}: {evalue}"])
+                    writer.set_execution_state(cell_id, "idle")
+        if cut_off:
+            logger.warning("%s: %d cell(s) were cut off by a server stop", room.name, len(cut_off))
+
+    # -- agents -----------------------------------------------------------------------
+
+    @property
+    def daemon(self) -> Daemon:
+        assert self._daemon is not None, "the daemon has not started"
+        return self._daemon
+
+    def get(self, name: str) -> KernelAgent | None:
+        return self.agents.get(name)
+
+    async def agent(self, name: str) -> KernelAgent:
+        """The room's agent, created (holding the room) if needed."""
+        # The name as the caller authorized it, and its directory checked to be that
+        # name's: a symbolic link swapped in since must not move the kernel elsewhere.
+        name = self.daemon.files.exact(name)
+        async with self._lock:
+            agent = self.agents.get(name)
+            if agent is None:
+                room = await self.daemon.rooms.acquire(name)
+                cwd = self.daemon.files.locate(name).parent
+                agent = KernelAgent(room, cwd, self.settings, self.launcher, on_dead=self._on_dead)
+                self.agents[name] = agent
+                self._ended.pop(name, None)
+            return agent
+
+    def status(self, name: str) -> dict[str, Any]:
+        agent = self.agents.get(name)
+        info = agent.info() if agent is not None else {
+            "status": self._ended.get(name, KernelStatus.NONE).value,
+            "kernel": None,
+            "running": None,
+            "queue": [],
+        }
+        info["cull_idle"] = self.settings.cull_idle or None
+        return info
+
+    def _on_dead(self, agent: KernelAgent) -> None:
+        self._ended[agent.room.name] = KernelStatus.DEAD
+        self._forget(agent)
+
+    def _forget(self, agent: KernelAgent) -> None:
+        if self.agents.get(agent.room.name) is agent:
+            del self.agents[agent.room.name]
+            self.daemon.rooms.release(agent.room)
+
+    async def _cull_forever(self) -> None:
+        every = max(0.5, min(self.settings.cull_idle / 4, 30.0))
+        while True:
+            await asyncio.sleep(every)
+            await self.cull()
+
+    async def cull(self) -> list[str]:
+        """Shut down kernels idle for longer than ``cull_idle``; returns their rooms."""
+        now = time.monotonic()
+        culled = []
+        for name, agent in list(self.agents.items()):
+            if agent.idle and now - agent.last_activity >= self.settings.cull_idle:
+                logger.info("%s: kernel idle for %.0f s: shut down", name, now - agent.last_activity)
+                await agent.shutdown(status=KernelStatus.CULLED)
+                self._ended[name] = KernelStatus.CULLED
+                self._forget(agent)
+                culled.append(name)
+        return culled
+
+    # -- routes -----------------------------------------------------------------------
+
+    async def _execute(self, api: Api, request: Request, path: str) -> Response:
+        try:
+            body = await request.json()
+            cell_ids = body["cell_ids"]
+            if not isinstance(cell_ids, list) or not all(isinstance(c, str) for c in cell_ids):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise RequestError(400, 'expected a JSON body {"cell_ids": ["<cell id>", ...]}') from None
+        if len(cell_ids) > MAX_CELLS_PER_REQUEST:
+            raise RequestError(413, f"at most {MAX_CELLS_PER_REQUEST} cells per request")
+        queued = (await self.agent(path)).execute(cell_ids)
+        return JSONResponse({"queued": queued, **self.status(path)}, status_code=202)
+
+    async def _interrupt(self, api: Api, request: Request, path: str) -> Response:
+        agent = self.agents.get(path)
+        if agent is not None:
+            await agent.interrupt()
+        return JSONResponse(self.status(path))
+
+    async def _restart(self, api: Api, request: Request, path: str) -> Response:
+        await (await self.agent(path)).restart()
+        return JSONResponse(self.status(path))
+
+    async def _shutdown(self, api: Api, request: Request, path: str) -> Response:
+        agent = self.agents.get(path)
+        if agent is not None:
+            await agent.shutdown()
+            self._forget(agent)
+        return JSONResponse(self.status(path))
+
+    async def _status(self, api: Api, request: Request, path: str) -> Response:
+        return JSONResponse(self.status(path))
