@@ -11,7 +11,6 @@ import shutil
 import nbformat
 import pytest
 
-from crdtnb.notebook import new_output_map
 from tests.conftest import Daemon
 
 from .browser import REPO, Browser, eventually_equal
@@ -48,38 +47,24 @@ TABLE = (
 
 
 def make_notebook(web: Daemon) -> None:
+    """The notebook with the outputs its cells made (only the kernel agent writes outputs into
+    an open document; a file brings them in)."""
     nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_markdown_cell(INTRO),
-        nbformat.v4.new_code_cell(CODE),
-        nbformat.v4.new_code_cell(PLOT),
-        nbformat.v4.new_markdown_cell(NOTES),
+    code = nbformat.v4.new_code_cell(CODE, execution_count=1)
+    code.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="loaded 6 readings\n"),
+        nbformat.v4.new_output("display_data", data={"text/html": TABLE, "text/plain": "<table>"}),
     ]
+    plot = nbformat.v4.new_code_cell(PLOT, execution_count=2)
+    plot.outputs = [nbformat.v4.new_output("display_data", data={"image/png": plot_png(), "text/plain": "<Figure size 520x220>"})]
+    nb.cells = [nbformat.v4.new_markdown_cell(INTRO), code, plot, nbformat.v4.new_markdown_cell(NOTES)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, str(web.root / PATH))
 
 
 async def test_readme_screenshot(web: Daemon, browser: Browser) -> None:
     make_notebook(web)
-    client = await web.connect(PATH)
-    try:
-        intro, code, plot, notes = client.cell_ids()
-        with client.doc.transaction():
-            outputs = client.cell(code)["outputs"]
-            outputs.append(new_output_map({"output_type": "stream", "name": "stdout", "text": "loaded 6 readings\n"}))
-            outputs.append(new_output_map({"output_type": "display_data", "metadata": {},
-                                           "data": {"text/html": TABLE, "text/plain": "<table>"}}))
-            client.cell(code)["execution_count"] = 1
-            client.cell(plot)["outputs"].append(new_output_map({
-                "output_type": "display_data", "metadata": {},
-                "data": {"image/png": plot_png(), "text/plain": "<Figure size 520x220>"},
-            }))
-            client.cell(plot)["execution_count"] = 2
-            client.state["kernel_status"] = "idle"
-        await client.roundtrip()
-    finally:
-        await client.close()
-
+    intro, code, plot, notes = [cell["id"] for cell in web.notebook(PATH)["cells"]]
     zoe = await browser.open(web, PATH, name="Zoë", color="#d32f2f")
     bob = await browser.open(web, PATH, name="Bob", color="#1976d2")
     # Bob writes a note; Zoë edits the code: each sees the other's caret
