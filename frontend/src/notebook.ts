@@ -735,7 +735,7 @@ export class NotebookView implements KeyActions {
       body.append(h('h3', {}, title), h('table', {}, h('tbody', {}, ...rows.map(([keys, what]) =>
         h('tr', {}, h('td', {}, h('kbd', {}, keys)), h('td', {}, what))))))
     }
-    void dialog('Keyboard shortcuts', body, [{ label: 'Close', value: 'close', primary: true }])
+    void dialog('Keyboard shortcuts', body, [{ label: 'Close', value: 'close', primary: true }], true)
   }
 
   save (): void {

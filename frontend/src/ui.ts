@@ -63,11 +63,11 @@ export function formatTime (epochSeconds: number): string {
 }
 
 /** A modal dialog; resolves with the button chosen (null: dismissed with Esc or outside). */
-export function dialog (title: string, body: Node | string, buttons: Array<{ label: string, value: string, primary?: boolean, danger?: boolean }>): Promise<string | null> {
+export function dialog (title: string, body: Node | string, buttons: Array<{ label: string, value: string, primary?: boolean, danger?: boolean }>, wide = false): Promise<string | null> {
   const previous = document.activeElement instanceof HTMLElement ? document.activeElement : null
   return new Promise((resolve) => {
     const buttonRow = h('div', { class: 'dialog-buttons' })
-    const box = h('div', { class: 'dialog', role: 'dialog', 'aria-modal': 'true', 'aria-label': title, tabindex: -1 },
+    const box = h('div', { class: wide ? 'dialog dialog-wide' : 'dialog', role: 'dialog', 'aria-modal': 'true', 'aria-label': title, tabindex: -1 },
       h('h2', { class: 'dialog-title' }, title),
       typeof body === 'string' ? h('p', { class: 'dialog-body' }, body) : body,
       buttonRow)
