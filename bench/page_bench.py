@@ -14,7 +14,9 @@ cells with their outputs, markdown cells). Measures, each in a fresh browser con
   each keystroke's latency is its `keydown` event's timestamp until the frame after it was
   handled has been painted (requestAnimationFrame, then a message posted from it);
 - **typing during run-all**: the same while another user runs every cell of the notebook
-  (REST execute, as the Run all button does), so outputs stream into the page as it types.
+  (REST execute, as the Run all button does), so outputs stream into the page as it types;
+- **keystroke, 3-cell notebook**: the keystroke measure in a small notebook, on the same
+  machine at the same time: the floor the long notebook is compared with.
 
 This is a benchmark, not a test: it prints figures and asserts nothing about them.
 """
@@ -47,6 +49,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PATH = "big.ipynb"
+SMALL = "small.ipynb"
 
 # Keystroke latency, installed before the page's scripts: keydown timestamp -> the frame after.
 PROBE = """
@@ -179,11 +182,11 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-async def open_page(browser: Any, daemon: Daemon) -> Any:
+async def open_page(browser: Any, daemon: Daemon, path: str = PATH) -> Any:
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     await context.add_init_script(PROBE)
     page = await context.new_page()
-    await page.goto(f"{daemon.url}/notebooks/{PATH}?token={daemon.token}")
+    await page.goto(f"{daemon.url}/notebooks/{path}?token={daemon.token}")
     return page
 
 
@@ -210,8 +213,8 @@ async def type_in_middle(page: Any, count: int = 150, delay_ms: int = 40) -> lis
     return list(await page.evaluate("() => window.__keyLatency"))
 
 
-async def measure_typing(browser: Any, daemon: Daemon) -> list[float]:
-    page = await open_page(browser, daemon)
+async def measure_typing(browser: Any, daemon: Daemon, path: str = PATH) -> list[float]:
+    page = await open_page(browser, daemon, path)
     values = await type_in_middle(page)
     await page.context.close()
     return values
@@ -244,7 +247,7 @@ async def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--cells", type=int, default=300, help="cells in the generated notebook (default 300)")
-    parser.add_argument("--only", default="load,keystroke,run-all", help="measures to run (comma-separated)")
+    parser.add_argument("--only", default="load,keystroke,run-all,floor", help="measures to run (comma-separated)")
     args = parser.parse_args()
     from playwright.async_api import async_playwright
 
@@ -267,18 +270,25 @@ async def main() -> None:
                 flood: list[float] = []
                 for _ in range(args.reps if "run-all" in only else 0):
                     flood += await measure_typing_during_run_all(browser, daemon)
+                floor: list[float] = []
+                if "floor" in only:
+                    (daemon.root / SMALL).write_text(json.dumps(big_notebook(3)))
+                    for _ in range(args.reps):
+                        floor += await measure_typing(browser, daemon, SMALL)
                 await browser.close()
         finally:
             daemon.stop()
         results["load_ms"] = summary(loads) | {"all": loads}
         results["keystroke_ms"] = summary(typing)
         results["keystroke_during_run_all_ms"] = summary(flood)
+        results["keystroke_small_notebook_ms"] = summary(floor)
         results["loadavg"] = os.getloadavg()
     print(f"notebook: {results['cells']} cells, {results['notebook_bytes'] / 1024:.0f} KB; load average {results['loadavg'][0]:.2f}")
     print("| measure | median | p95 | max | n |")
     print("|---|---|---|---|---|")
     for key, label in (("load_ms", "load until usable"), ("keystroke_ms", "keystroke to next frame"),
-                       ("keystroke_during_run_all_ms", "keystroke while another user runs all")):
+                       ("keystroke_during_run_all_ms", "keystroke while another user runs all"),
+                       ("keystroke_small_notebook_ms", "keystroke, 3-cell notebook (the floor)")):
         s = results[key]
         print(f"| {label} | {s['median']:.1f} ms | {s['p95']:.1f} ms | {s['max']:.1f} ms | {s['n']} |")
     if args.json:
