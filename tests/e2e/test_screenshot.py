@@ -36,7 +36,7 @@ PLOT = """plot(lambda t: math.exp(-t / 9) * math.sin(t * 1.5),
 
 NOTES = """## Notes
 
-- the first wave decays with τ ≈ 9 s, the second with τ ≈ 6 s
+- the first wave is $e^{-t/9}\\sin(1.5\\,t)$, the second $e^{-t/6}\\cos t$: τ ≈ 9 s and 6 s
 - """
 
 TABLE = (
@@ -71,6 +71,7 @@ async def test_readme_screenshot(web: Daemon, browser: Browser) -> None:
     await bob.cell(notes).locator(".rendered").dblclick()
     await bob.page.keyboard.press("Control+End")
     await bob.page.keyboard.type("amplitude halves every 6 s")
+    await bob.page.keyboard.press("Control+Enter")  # rendered, math typeset; Bob stays on the cell
     await zoe.editor(code).locator(".cm-line").nth(2).click()
     await zoe.page.keyboard.press("End")
     await zoe.page.keyboard.type("  # 6 samples")
@@ -87,6 +88,9 @@ async def test_readme_screenshot(web: Daemon, browser: Browser) -> None:
     await zoe.editor(code).locator(".cm-line").nth(3).locator("text=readings").first.dblclick()
     await bob.cell(code).locator(".cm-ySelection").wait_for()
     await bob.cell(code).locator(".cm-ySelectionInfo", has_text="Zoë").wait_for()
+    # the notes' math is typeset on both pages
+    for page in (zoe, bob):
+        await page.cell(notes).locator(".rendered .katex").nth(1).wait_for()
     await bob.page.set_viewport_size({"width": 1280, "height": 1180})
     await bob.page.evaluate("() => window.scrollTo(0, 0)")
     await bob.page.mouse.move(0, 0)
