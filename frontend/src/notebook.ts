@@ -127,7 +127,7 @@ export class NotebookView implements KeyActions {
     for (const [ymap, view] of this.views) {
       if (!present.has(ymap)) {
         if (view === this.active && this.mode === 'edit' && view.editor?.hasFocus && !this.applyingLocal &&
-            transaction !== null && !transaction.local) {
+            !this.readOnly && transaction !== null && !transaction.local) {
           lost = this.captureEdit(view)
         }
         this.unbuilt.delete(view)

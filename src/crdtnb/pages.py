@@ -95,9 +95,13 @@ _FRAME = """<!doctype html>
 <script>
 (function () {
   var parentWindow = window.parent;
+  // the page's look for what outputs leave unstyled (a DataFrame's table); a wide output
+  // scrolls sideways inside the frame, whose height follows its content
   var STYLE = '<style>html,body{margin:0;padding:0;background:transparent;color:#1f2328;' +
     'font:13px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif}' +
-    'body{padding:2px 0;overflow-x:auto}</style>';
+    'html{overflow:hidden}body{padding:2px 0;overflow-x:auto;overflow-y:hidden}' +
+    'table{border-collapse:collapse;margin:4px 0}th,td{border:1px solid #e2e5e9;padding:3px 10px;text-align:right}' +
+    'thead th{background:#f4f6f8}tbody tr:nth-child(even){background:#fafbfc}</style>';
   function report() {
     var last = -1;
     function post() {

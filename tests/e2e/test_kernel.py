@@ -218,4 +218,10 @@ async def test_run_above_below_restart_run_all_and_clear(kernel_web: Daemon, bro
         ),
         [([], None)] * 3,
     )
+    # Ctrl+Enter with two cells selected runs both, and only them
+    await page.select(one)
+    await page.page.keyboard.press("Shift+ArrowDown")
+    await page.page.keyboard.press("Control+Enter")
+    await eventually_equal(prompts, ["[4]:", "[5]:", "[ ]:"], timeout=30)
+    assert await page.cell(two).locator(".output-stdout").text_content() == "2\n"
     page.assert_no_errors()
