@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 from pycrdt import Array, Doc, Text
-
 from servers import BENCH, Server, small_notebook
 from wsclient import ProbeWriter, SyncPeer, Typist
 

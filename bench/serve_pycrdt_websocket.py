@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from uvicorn_main import serve  # bench/ is on sys.path when run as a script
 from pycrdt.websocket import ASGIServer, WebsocketServer, exception_logger
+from uvicorn_main import serve  # bench/ is on sys.path when run as a script
 
 
 def build_app():

@@ -181,6 +181,30 @@ async def in_process(root: Path, store: Store | None = None, extensions: Sequenc
         yield core
 
 
+@asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """A real uvicorn server for ``app`` on 127.0.0.1, in this process and event loop
+    (so a test can see what the app's objects see); yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws_per_message_deflate=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("uvicorn stopped before it started")
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 60)
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A notebook root with a small notebook and a copy of the examples."""

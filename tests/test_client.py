@@ -14,7 +14,6 @@ from typing import Any
 
 import nbformat
 import pytest
-
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 

@@ -327,3 +327,22 @@ async def test_a_cell_cut_off_by_a_server_stop_gets_a_note(kernel_daemon: Daemon
     assert outputs[-1]["output_type"] == "error" and outputs[-1]["ename"] == "KernelLost"  # ... with a note
     assert later.state.get("kernel_status") in (None, "none")
     await later.close()
+
+
+async def test_an_idle_kernel_is_culled_and_its_room_can_go(daemon_factory: Any, root: Path) -> None:
+    daemon = daemon_factory("--cull-idle-kernels", "1", "--idle-timeout", "0.5", "--save-delay", "0.2")
+    write_notebook(root / "cull.ipynb", ["print('first')", "print('again')"])
+    client = await daemon.connect("cull.ipynb")
+    first, again = client.cell_ids()
+    await client.execute([first])
+    await _wait_idle(client, first)
+    assert (await client.kernel())["cull_idle"] == 1
+    await client.wait_for(lambda _: client.state.get("kernel_status") == "culled", timeout=15)
+    assert (await client.kernel())["status"] == "culled"
+    await client.close()
+    await eventually(lambda: daemon.health()["rooms"] == 0, timeout=15)  # nobody holds it now
+    client = await daemon.connect("cull.ipynb")
+    await client.execute([again])  # a fresh kernel
+    await _wait_idle(client, again)
+    assert _stream_text(client.outputs(again)) == "again\n" and _count(client, again) == 1
+    await client.close()

@@ -15,7 +15,6 @@ from crdtnb.transport import start_eagerly
 
 from .conftest import Daemon
 
-
 # -- start_eagerly ---------------------------------------------------------------
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import servers  # noqa: E402
 import scenarios as sc  # noqa: E402
+import servers  # noqa: E402
 from wsclient import ProbeWriter, SyncPeer  # noqa: E402
 
 

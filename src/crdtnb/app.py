@@ -16,6 +16,7 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -66,9 +67,9 @@ class NotebookSync:
     ) -> None:
         settings = settings or Settings()
         if root is not None:
-            settings = replace(settings, root=root)
+            settings = replace(settings, root=Path(root))
         if state_dir is not None:
-            settings = replace(settings, state_dir=state_dir)
+            settings = replace(settings, state_dir=Path(state_dir))
         if token is not None:
             settings = replace(settings, access=replace(settings.access, token=token))
         self.settings = settings

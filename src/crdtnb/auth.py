@@ -1,12 +1,11 @@
 """Who is connecting (authenticate) and what they may do (authorize).
 
 Both are plain callables so a host app can plug in its own users; either may
-be sync or async. The default is a single shared token.
+be sync or async. The daemon's own accounts (accounts.py) are the default.
 """
 
 from __future__ import annotations
 
-import hmac
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ class User:
 
 
 Authenticate = Callable[[HTTPConnection], Union[Awaitable["User | None"], "User | None"]]
-Authorize = Callable[[User, str, Action], Union[Awaitable[bool], bool]]
+Authorize = Callable[[User, str, Action], Awaitable[bool] | bool]
 
 
 async def call_hook(hook: Callable[..., Any], *args: Any) -> Any:
@@ -57,24 +56,6 @@ def request_token(conn: HTTPConnection) -> str | None:
     if scheme.lower() in ("token", "bearer") and value.strip():
         return value.strip()
     return conn.query_params.get("token") or None
-
-
-class TokenAuth:
-    """Everyone holding the one token is the same, all-powerful user."""
-
-    def __init__(self, token: str, user: User | None = None) -> None:
-        if not token:
-            raise ValueError("an empty token would let anyone in")
-        self._token = token.encode()
-        # The shared token is one credential for possibly several people: their
-        # chosen presence names are kept (tagged with the account).
-        self._user = user or User("owner")
-
-    def __call__(self, conn: HTTPConnection) -> User | None:
-        given = request_token(conn)
-        if given is not None and hmac.compare_digest(given.encode(), self._token):
-            return self._user
-        return None
 
 
 def allow_all(user: User, path: str, action: Action) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Hashable
 
 from .protocol import AwarenessEntry, PolicyViolation, write_awareness
 
@@ -33,13 +32,13 @@ class RoomAwareness:
         self.limits = limits or PresenceLimits()
         self._clocks: dict[int, int] = {}
         self._states: dict[int, str] = {}
-        self._owners: dict[int, Hashable] = {}
-        self._owned: Counter[Hashable] = Counter()
+        self._owners: dict[int, object] = {}
+        self._owned: Counter[object] = Counter()
 
-    def owner(self, client_id: int) -> Hashable | None:
+    def owner(self, client_id: int) -> object | None:
         return self._owners.get(client_id)
 
-    def check(self, entries: list[AwarenessEntry], owner: Hashable) -> None:
+    def check(self, entries: list[AwarenessEntry], owner: object) -> None:
         """Refuse (PolicyViolation) entries that would take ``owner`` past the limits."""
         limit = self.limits.max_state_bytes
         new_ids = set()
@@ -53,7 +52,7 @@ class RoomAwareness:
                 f"more than {self.limits.max_clients_per_connection} presence client ids on one connection"
             )
 
-    def apply(self, entries: list[AwarenessEntry], owner: Hashable) -> list[AwarenessEntry]:
+    def apply(self, entries: list[AwarenessEntry], owner: object) -> list[AwarenessEntry]:
         """Apply entries sent by ``owner``; return the ones that changed something.
         Removals of clients nobody announced are ignored (and cost no memory)."""
         accepted = []
@@ -96,7 +95,7 @@ class RoomAwareness:
             [AwarenessEntry(cid, self._clocks[cid], state) for cid, state in self._states.items()]
         )
 
-    def remove_owner(self, owner: Hashable) -> bytes | None:
+    def remove_owner(self, owner: object) -> bytes | None:
         """Forget the states announced by a closed connection; return the removal update."""
         removed = [cid for cid, who in self._owners.items() if who is owner]
         self._owned.pop(owner, None)

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     return _users(args)
 
 
-def _add_user_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_user_commands(commands: argparse._SubParsersAction) -> None:
     users = commands.add_parser("users", help="manage accounts (stored in the state directory)")
     actions = users.add_subparsers(dest="action", required=True)
 
@@ -118,6 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import NotebookSync, create_app
+    from .metrics import Metrics
     from .sandbox import SandboxUnavailable
     from .server import (
         ConnectionLimits,
@@ -138,7 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
     token = settings.access.token or secrets.token_urlsafe(24)
     settings = replace(settings, access=replace(settings.access, token=token))
     try:
-        app = create_app(settings=settings)
+        app = create_app(settings=settings, extensions=[Metrics(token=settings.access.metrics_token)])
     except SandboxUnavailable as exc:
         print(f"crdtnb: --kernel-sandbox bwrap: {exc}", file=sys.stderr)
         return 2

@@ -21,7 +21,8 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from functools import partial
+from typing import Any, cast
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import nbformat
@@ -32,9 +33,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from .notebook import export_notebook, new_cell_map
 from .protocol import (
+    AuthMessage,
     AwarenessEntry,
     AwarenessMessage,
-    AuthMessage,
     SyncStep1,
     SyncStep2,
     SyncUpdate,
@@ -46,15 +47,19 @@ from .protocol import (
     read_awareness,
     write_awareness,
 )
-
+from .schema import cells_of, state_of
 
 logger = logging.getLogger("crdtnb.client")
 
 # Close codes another attempt would only meet again (see README.md, "Websocket close
 # codes"): a bad path or notebook, no or wrong credentials, a frame the server refused.
-TERMINAL_CLOSE_CODES = frozenset({4400, 4401, 4403, 4404, 4422, 1003, 1007, 1009})
+TERMINAL_CLOSE_CODES = frozenset({4400, 4401, 4403, 4404, 4422, 1003, 1007, 1008, 1009})
 # Statuses of a refused handshake that are as final.
 TERMINAL_HTTP_STATUSES = frozenset({400, 401, 403, 404})
+
+
+def _acknowledged(link: Any, target: int) -> bool:
+    return bool(link.step2_received >= target or link.lost)
 
 
 class SyncClosed(ConnectionError):
@@ -194,18 +199,18 @@ class NotebookClient:
 
     @property
     def cells(self) -> Array:
-        return self.doc.get("cells", type=Array)
+        return cells_of(self.doc)
 
     @property
     def state(self) -> Map:
-        return self.doc.get("state", type=Map)
+        return state_of(self.doc)
 
     def cell_ids(self) -> list[str]:
         return [str(cell["id"]) for cell in self.cells]
 
     def cell(self, cell_id: str) -> Map:
         for cell in self.cells:
-            if cell["id"] == cell_id:
+            if isinstance(cell, Map) and cell.get("id") == cell_id:
                 return cell
         raise KeyError(cell_id)
 
@@ -223,7 +228,7 @@ class NotebookClient:
             "markdown": nbformat.v4.new_markdown_cell,
             "raw": nbformat.v4.new_raw_cell,
         }[cell_type]
-        cell = json.loads(json.dumps(maker(source)))
+        cell = json.loads(json.dumps(cast(Any, maker)(source)))
         ymap = new_cell_map(cell)
         cells = self.cells
         if index is None:
@@ -318,7 +323,7 @@ class NotebookClient:
                 link.step1_sent += 1
                 target = link.step1_sent
                 link.send(encode_sync_step1(self.doc.get_state()))
-                await self._until(lambda: link.step2_received >= target or link.lost)
+                await self._until(partial(_acknowledged, link, target))
                 if link.step2_received >= target:
                     return
 

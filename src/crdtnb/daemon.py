@@ -6,15 +6,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from types import TracebackType
+from typing import TypeVar
 
 from .extensions import DaemonStarted, DaemonStopping, Hooks
 from .fanout import Fanout
 from .files import NotebookFiles
 from .rooms import RoomManager
 from .settings import Settings
+from .stats import TrafficStats
 from .store import SQLiteStore, Store
 
 logger = logging.getLogger("crdtnb.daemon")
+
+E = TypeVar("E")
 
 
 class Daemon:
@@ -34,13 +38,14 @@ class Daemon:
         )
         self.hooks = Hooks(extensions)
         self.rooms = RoomManager(self.files, self.store, settings.rooms, fanout, self.hooks)
+        self.stats = TrafficStats()  # the websocket traffic, for metrics
         self.started = False
 
     @property
     def extensions(self) -> list[object]:
         return self.hooks.extensions
 
-    def extension(self, kind: type[object]) -> object | None:
+    def extension(self, kind: type[E]) -> E | None:
         """The first registered extension of a type (e.g. to reach the kernels)."""
         return next((e for e in self.hooks.extensions if isinstance(e, kind)), None)
 

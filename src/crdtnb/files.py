@@ -326,7 +326,8 @@ def _lookalike(directory: Path, part: str) -> Path:
 
 def _plain(node: Any) -> dict[str, Any]:
     """NotebookNode -> plain dicts and lists."""
-    return json.loads(json.dumps(node))
+    plain: dict[str, Any] = json.loads(json.dumps(node))
+    return plain
 
 
 def _first_line(exc: BaseException) -> str:

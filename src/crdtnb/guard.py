@@ -27,7 +27,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pycrdt import Array, ArrayEvent, Doc, Map, MapEvent, Text
 
@@ -97,8 +97,9 @@ class SchemaGuard:
         index.listeners.append(self._on_cells)
         # The wrappers that subscribed must be the ones that unsubscribe.
         self._meta_map, self._state_map = meta_of(doc), state_of(doc)
-        self._meta_subscription = self._meta_map.observe(self._on_meta)
-        self._state_subscription = self._state_map.observe(self._on_state)
+        # pycrdt passes the transaction to callbacks that take two arguments.
+        self._meta_subscription = self._meta_map.observe(cast(Any, self._on_meta))
+        self._state_subscription = self._state_map.observe(cast(Any, self._on_state))
 
     def close(self) -> None:
         if self._on_cells in self.index.listeners:
@@ -160,7 +161,7 @@ class SchemaGuard:
                 if isinstance(event, ArrayEvent):
                     self._structure = True
                     position = 0
-                    for op in event.delta:
+                    for op in _delta(event):
                         if "retain" in op:
                             position += op["retain"]
                         elif "insert" in op:
@@ -175,12 +176,12 @@ class SchemaGuard:
                 continue  # typing in a source, editing metadata: nothing to check
             found = self._findings(index.at(position))
             if len(path) == 1 and isinstance(event, MapEvent):
-                for key, change in event.keys.items():
+                for key, change in _keys(event).items():
                     found.old.setdefault(key, change.get("oldValue"))
             else:
                 if len(path) == 2 and isinstance(event, ArrayEvent):
                     spot = 0
-                    for op in event.delta:
+                    for op in _delta(event):
                         if "retain" in op:
                             spot += op["retain"]
                         elif "insert" in op:
@@ -192,12 +193,12 @@ class SchemaGuard:
 
     def _on_meta(self, event: Any, txn: Any) -> None:
         if self.is_peer(txn.origin) and isinstance(event, MapEvent):
-            for key, change in event.keys.items():
+            for key, change in _keys(event).items():
                 self._meta.setdefault(key, change.get("oldValue"))
 
     def _on_state(self, event: Any, txn: Any) -> None:
         if self.is_peer(txn.origin) and isinstance(event, MapEvent):
-            for key, change in event.keys.items():
+            for key, change in _keys(event).items():
                 if key in SERVER_STATE_KEYS:
                     self._state.setdefault(key, (change.get("action") == "add", change.get("oldValue")))
 
@@ -281,7 +282,7 @@ class SchemaGuard:
                 ymap["execution_count"] = None
         elif "outputs" in old:
             # The Array itself was replaced: only by an empty one (a clear).
-            if len(outputs):
+            if not isinstance(outputs, Array) or len(outputs):
                 ymap["outputs"] = Array()
         elif not isinstance(outputs, Array):
             ymap["outputs"] = Array()
@@ -336,10 +337,10 @@ class SchemaGuard:
         if "nbformat" in old and _count(meta.get("nbformat")) != 4:
             meta["nbformat"] = 4
         if "nbformat_minor" in old:
-            minor = meta.get("nbformat_minor")
-            if not _is_count(minor) or minor < MIN_NBFORMAT_MINOR:
-                previous = old["nbformat_minor"]
-                ok = _is_count(previous) and previous >= MIN_NBFORMAT_MINOR
+            minor = _count(meta.get("nbformat_minor"))
+            if not _is_count(minor) or minor is None or minor < MIN_NBFORMAT_MINOR:
+                previous = _count(old["nbformat_minor"])
+                ok = _is_count(previous) and previous is not None and previous >= MIN_NBFORMAT_MINOR
                 meta["nbformat_minor"] = previous if ok else MIN_NBFORMAT_MINOR
         if "metadata" in old:
             metadata = meta.get("metadata")
@@ -365,6 +366,14 @@ def _plain_outputs(outputs: Any) -> list[Any] | None:
     ):
         return None
     return plain
+
+
+def _delta(event: Any) -> list[dict[str, Any]]:
+    return cast(list[dict[str, Any]], event.delta)
+
+
+def _keys(event: Any) -> dict[str, dict[str, Any]]:
+    return cast(dict[str, dict[str, Any]], event.keys)
 
 
 def _count(value: Any) -> Any:

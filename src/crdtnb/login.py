@@ -38,7 +38,8 @@ body {{ font: 15px system-ui, sans-serif; background: #f6f7f9; display: grid; pl
 form {{ background: #fff; padding: 2rem; border-radius: 10px; box-shadow: 0 2px 12px #0002; width: 18rem; }}
 h1 {{ font-size: 1.3rem; margin: 0 0 1rem; }} label {{ display: block; margin: .6rem 0 .2rem; color: #444; }}
 input {{ width: 100%; box-sizing: border-box; padding: .5rem; border: 1px solid #ccc; border-radius: 6px; font: inherit; }}
-button {{ margin-top: 1.2rem; width: 100%; padding: .6rem; border: 0; border-radius: 6px; background: #2563eb; color: #fff; font: inherit; cursor: pointer; }}
+button {{ margin-top: 1.2rem; width: 100%; padding: .6rem; border: 0; border-radius: 6px;
+          background: #2563eb; color: #fff; font: inherit; cursor: pointer; }}
 .error {{ color: #b91c1c; margin: .5rem 0 0; }}
 </style></head>
 <body><form method="post" action="{action}">

@@ -22,10 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from nbformat.v4.nbbase import random_cell_id
 from pycrdt import Array, Doc, Map, Text
 
 __all__ = [
@@ -108,7 +108,7 @@ def _joined_mimebundle(bundle: Any) -> Any:
 
 def canonical_output(output: Mapping[str, Any]) -> dict[str, Any]:
     """A plain output dict with multiline strings joined, as nbformat.reads gives them."""
-    out = _ints_from_whole_floats(plain(output))
+    out: dict[str, Any] = _ints_from_whole_floats(plain(output))
     output_type = out.get("output_type")
     if output_type == "stream":
         out["text"] = _joined(out.get("text", ""))
@@ -260,6 +260,11 @@ def _unique_ids(cells: Iterable[Mapping[str, Any]]) -> list[Cell]:
         seen.add(cell["id"])
         result.append(cell)
     return result
+
+
+def random_cell_id() -> str:
+    """A new cell id, as nbformat makes them (8 hex digits of a UUID4)."""
+    return uuid.uuid4().hex[:8]
 
 
 def fresh_id(used: set[str], seed: str | None = None) -> str:

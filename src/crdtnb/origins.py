@@ -13,7 +13,7 @@ A transaction without an origin counts as the server's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,7 +38,7 @@ class RemoteOrigin:
     node: str
 
 
-Origin = Union[PeerOrigin, ServerOrigin, RemoteOrigin]
+Origin = PeerOrigin | ServerOrigin | RemoteOrigin
 
 KERNEL = ServerOrigin("kernel")
 FILE = ServerOrigin("file")

@@ -340,7 +340,8 @@ class OutputWriter:
         output = self._capped(output)
         outputs.append(new_output_map(output))
         self._state(cell_id).stream = None
-        return outputs[len(outputs) - 1]
+        appended: Map = outputs[len(outputs) - 1]
+        return appended
 
     def _capped(self, output: dict[str, Any]) -> dict[str, Any]:
         size = len(json.dumps(output).encode("utf-8"))

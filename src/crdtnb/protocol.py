@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Union
 
 from pycrdt import Decoder, write_message, write_var_uint
 
@@ -70,7 +69,7 @@ class AuthMessage:
     reason: str
 
 
-Message = Union[SyncStep1, SyncStep2, SyncUpdate, AwarenessMessage, QueryAwareness, AuthMessage]
+Message = SyncStep1 | SyncStep2 | SyncUpdate | AwarenessMessage | QueryAwareness | AuthMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +198,6 @@ def encode_update(update: bytes) -> bytes:
 
 def encode_awareness(payload: bytes) -> bytes:
     return bytes((MessageType.AWARENESS,)) + write_message(payload)
-
-
-def encode_query_awareness() -> bytes:
-    return bytes((MessageType.QUERY_AWARENESS,))
 
 
 def encode_permission_denied(reason: str) -> bytes:

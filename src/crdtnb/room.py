@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from dataclasses import replace
+from typing import Any, cast
 
 from pycrdt import Doc, Subscription, TransactionEvent, merge_updates
 
@@ -187,7 +188,8 @@ class Room:
     # -- the persist-then-relay pipeline ---------------------------------------
 
     def _capture(self, event: TransactionEvent) -> None:
-        origin = self._origins.get(event.transaction.origin(), SERVER)  # type: ignore[arg-type]
+        # pycrdt's TransactionEvent carries its transaction, whose origin is a hash.
+        origin = self._origins.get(cast(Any, event).transaction.origin(), SERVER)
         self._outbox.append((event.update, origin, time.monotonic()))
         self._enqueued += 1
         self._wake.set()

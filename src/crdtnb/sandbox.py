@@ -301,7 +301,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         )
         return wrapped, kw
 
-    pre_start_kernel = _async_pre_start_kernel  # type: ignore[assignment]
+    pre_start_kernel = _async_pre_start_kernel
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
         try:
@@ -312,7 +312,7 @@ class SandboxedKernelManager(AsyncKernelManager):
                 os.close(self._cwd_fd)
                 self._cwd_fd = None
 
-    _launch_kernel = _async_launch_kernel  # type: ignore[assignment]
+    _launch_kernel = _async_launch_kernel
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
@@ -320,7 +320,7 @@ class SandboxedKernelManager(AsyncKernelManager):
             shutil.rmtree(self.private_dir, ignore_errors=True)
             self.private_dir = None
 
-    cleanup_resources = _async_cleanup_resources  # type: ignore[assignment]
+    cleanup_resources = _async_cleanup_resources
 
 
 __all__ = ["BwrapSandbox", "SandboxMode", "SandboxUnavailable", "SandboxedKernelManager", "choose_sandbox"]

@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pycrdt import Array, ArrayEvent, Doc, Map, MapEvent
 
@@ -39,15 +39,18 @@ EXECUTION_STATE = "execution_state"
 
 
 def cells_of(doc: Doc) -> Array:
-    return doc.get(CELLS, type=Array)
+    cells: Array = doc.get(CELLS, type=Array)
+    return cells
 
 
 def meta_of(doc: Doc) -> Map:
-    return doc.get(META, type=Map)
+    meta: Map = doc.get(META, type=Map)
+    return meta
 
 
 def state_of(doc: Doc) -> Map:
-    return doc.get(STATE, type=Map)
+    state: Map = doc.get(STATE, type=Map)
+    return state
 
 
 def kernel_busy(doc: Doc) -> bool:
@@ -112,7 +115,8 @@ class CellIndex:
         if len(self.cells):
             # Filled before the index existed: one O(n²) walk (build indexes before loading).
             self._entries = [self._entry(self.cells[i]) for i in range(len(self.cells))]
-        self._subscription: Any = self.cells.observe_deep(self._on_cells)
+        # pycrdt passes the transaction to callbacks that take two arguments.
+        self._subscription: Any = self.cells.observe_deep(cast(Any, self._on_cells))
         self._meta_subscription = self.meta.observe_deep(self._on_meta)
 
     def close(self) -> None:
@@ -129,9 +133,9 @@ class CellIndex:
     # -- following the document ----------------------------------------------------------
 
     def _on_cells(self, events: list[Any], txn: Any) -> None:
-        structural = [e for e in events if isinstance(e, ArrayEvent) and not e.path]
+        structural = [e for e in events if isinstance(e, ArrayEvent) and not cast(Any, e).path]
         for event in structural:
-            self._apply_delta(event.delta)
+            self._apply_delta(cast(Any, event).delta)
         entries = self._entries
         for event in events:
             path = event.path
@@ -142,14 +146,13 @@ class CellIndex:
                 continue
             entry = entries[position]
             entry.exported = entry.text = None
-            if len(path) == 1 and isinstance(event, MapEvent) and "id" in event.keys:
+            keys = event.keys if isinstance(event, MapEvent) else {}  # type: ignore[attr-defined]
+            if len(path) == 1 and "id" in keys:
                 entry.cell_id = _read_id(entry.ymap)
                 self._lookup = None
             if len(path) > 1 and path[1] in ("outputs", "execution_count"):
                 self.outputs_changed.add(entry)
-            elif len(path) == 1 and isinstance(event, MapEvent) and (
-                "outputs" in event.keys or "execution_count" in event.keys
-            ):
+            elif len(path) == 1 and ("outputs" in keys or "execution_count" in keys):
                 self.outputs_changed.add(entry)
         if self.listeners:
             origin = txn.origin

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ class TransportLimits:
         parse=_size,
     )
     max_queue_messages: int = option(20_000, "send queue of one client, in messages", flag="--max-send-queue-messages", parse=int)
-    close_timeout: float = option(5.0, "seconds a closing handshake may take", cli=False)
+    close_timeout: float = option(5.0, "seconds a closing handshake may take", parse=float)
 
 
 @dataclass(frozen=True)
@@ -165,10 +165,6 @@ class Settings:
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir) if self.state_dir is not None else Path(self.root).resolve() / ".crdtnb"
-
-    def with_(self, **changes: Any) -> Settings:
-        """A copy with some sections or fields replaced (``replace`` for the tree)."""
-        return replace(self, **changes)
 
     # -- the command line ------------------------------------------------------------
 

@@ -87,6 +87,7 @@ class SyncEndpoint:
                     limits=self.limits,
                     label=label,
                     on_open=tracked.attach,
+                    stats=daemon.stats,
                 )
         finally:
             daemon.rooms.release(room)

@@ -13,7 +13,7 @@ import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -34,6 +34,7 @@ from .protocol import (
 )
 from .room import Room
 from .settings import TransportLimits
+from .stats import TrafficStats
 
 logger = logging.getLogger("crdtnb.transport")
 
@@ -71,10 +72,13 @@ class WebSocketPeer:
     own queue and is then disconnected (it resyncs when it comes back).
     """
 
-    def __init__(self, websocket: WebSocket, send: Send, limits: TransportLimits, label: str) -> None:
+    def __init__(
+        self, websocket: WebSocket, send: Send, limits: TransportLimits, label: str, stats: TrafficStats | None = None
+    ) -> None:
         self.websocket = websocket
         self.limits = limits
         self.label = label
+        self.stats = stats or TrafficStats()
         self._asgi_send = send
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
@@ -95,6 +99,7 @@ class WebSocketPeer:
     def send(self, message: bytes) -> None:
         if self._close is not None or self._failure is not None:
             return
+        self.stats.sent(message)
         if not self._backlogged:
             self._write_now(message)
             return
@@ -103,6 +108,7 @@ class WebSocketPeer:
             or len(self._queue) >= self.limits.max_queue_messages
         ):
             logger.warning("%s: send queue overflow, disconnecting", self.label)
+            self.stats.queue_overflows += 1
             self.close(CloseCode.TRY_AGAIN_LATER, "send queue overflow: client too slow, reconnect to resync")
             return
         self._queue.append(message)
@@ -111,7 +117,8 @@ class WebSocketPeer:
 
     def _write_now(self, message: bytes) -> None:
         try:
-            self._in_flight = start_eagerly(self._asgi_send({"type": "websocket.send", "bytes": message}))
+            sending = cast(Coroutine[Any, Any, None], self._asgi_send({"type": "websocket.send", "bytes": message}))
+            self._in_flight = start_eagerly(sending)
         except Exception as exc:  # the socket is gone: the writer ends the connection
             self._failure = exc
             self._ready.set()
@@ -125,6 +132,7 @@ class WebSocketPeer:
         (overflow drops the queue: that client will resync anyway)."""
         if self._close is None:
             self._close = (code, reason)
+            self.stats.closed(code)
             if code == CloseCode.TRY_AGAIN_LATER:
                 self._queue.clear()
                 self._queued_bytes = 0
@@ -218,13 +226,14 @@ async def run_peer(
     limits: TransportLimits,
     label: str,
     on_open: Callable[[WebSocketPeer], None] | None = None,
+    stats: TrafficStats | None = None,
 ) -> None:
     """Serve an accepted websocket as a peer of ``room`` until either side closes.
 
     ``send`` is the connection's ASGI send: messages go straight to it, not
     through Starlette's per-message checks. ``on_open`` is given the peer, e.g.
     to close it later when the connection loses access."""
-    peer = WebSocketPeer(websocket, send, limits, label)
+    peer = WebSocketPeer(websocket, send, limits, label, stats)
     if on_open is not None:
         on_open(peer)
     writer = asyncio.create_task(peer.run_writer(), name=f"writer:{label}")
@@ -281,6 +290,8 @@ async def _read_frames(
             return False  # a close was asked for (e.g. access revoked): nothing more is applied
         data = event.get("bytes")
         try:
+            if data is not None:
+                peer.stats.received(data)
             if data is None:
                 raise ConnectionClosed(CloseCode.UNSUPPORTED_DATA, "text frames are not part of the y-websocket protocol")
             if len(data) > limits.max_frame_bytes:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import Daemon
 
-from .browser import CHROMIUM, ARTIFACTS, Browser, launch
+from .browser import ARTIFACTS, CHROMIUM, Browser, launch
 
 REQUIRE = os.environ.get("CRDTNB_REQUIRE_BROWSER") == "1"
 

@@ -41,7 +41,7 @@ class Kernels(Extension):
         self.settings = settings or KernelSettings()
         self.launcher = launcher  # a sandbox; None: kernels run as the daemon's own user
         self.agents: dict[str, KernelAgent] = {}
-        self._ended: dict[str, KernelStatus] = {}  # rooms whose kernel died or was culled
+        self.ended: dict[str, KernelStatus] = {}  # rooms whose kernel died or was culled
         self._cut_off: dict[str, list[str]] = {}
         self._daemon: Daemon | None = None
         self._lock = asyncio.Lock()
@@ -126,13 +126,13 @@ class Kernels(Extension):
                 cwd = self.daemon.files.locate(name).parent
                 agent = KernelAgent(room, cwd, self.settings, self.launcher, on_dead=self._on_dead)
                 self.agents[name] = agent
-                self._ended.pop(name, None)
+                self.ended.pop(name, None)
             return agent
 
     def status(self, name: str) -> dict[str, Any]:
         agent = self.agents.get(name)
         info = agent.info() if agent is not None else {
-            "status": self._ended.get(name, KernelStatus.NONE).value,
+            "status": self.ended.get(name, KernelStatus.NONE).value,
             "kernel": None,
             "running": None,
             "queue": [],
@@ -141,7 +141,7 @@ class Kernels(Extension):
         return info
 
     def _on_dead(self, agent: KernelAgent) -> None:
-        self._ended[agent.room.name] = KernelStatus.DEAD
+        self.ended[agent.room.name] = KernelStatus.DEAD
         self._forget(agent)
 
     def _forget(self, agent: KernelAgent) -> None:
@@ -163,7 +163,7 @@ class Kernels(Extension):
             if agent.idle and now - agent.last_activity >= self.settings.cull_idle:
                 logger.info("%s: kernel idle for %.0f s: shut down", name, now - agent.last_activity)
                 await agent.shutdown(status=KernelStatus.CULLED)
-                self._ended[name] = KernelStatus.CULLED
+                self.ended[name] = KernelStatus.CULLED
                 self._forget(agent)
                 culled.append(name)
         return culled

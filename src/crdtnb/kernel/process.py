@@ -22,7 +22,7 @@ class KernelDied(Exception):
 class KernelLauncher(Protocol):
     """Makes the kernel manager of a sandbox (see sandbox.py)."""
 
-    def kernel_manager(self, kernel_name: str) -> AsyncKernelManager: ...
+    def kernel_manager(self, **kwargs: Any) -> AsyncKernelManager: ...
 
 
 class KernelProcess:

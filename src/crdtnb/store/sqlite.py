@@ -1,8 +1,4 @@
-"""Durable storage for the rooms' Yjs update logs.
-
-Every update a room accepts is appended here *before* it is relayed, so nothing a client has
-seen is lost on ``kill -9``. The room layer only knows the :class:`Store` protocol;
-:class:`SQLiteStore` is the default implementation:
+"""The default store: SQLite in WAL mode.
 
 * One writer thread owns the only write connection. Jobs (appends, meta writes, compaction
   swaps, deletes) queue up while a transaction commits and then share the next transaction
@@ -29,22 +25,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
-from pycrdt import Decoder, Doc, get_update, merge_updates
+from .base import CompactionError, Store, StoreClosedError, StoreError
+from .merge import merge_log
 
-__all__ = [
-    "CompactionError",
-    "SCHEMA_VERSION",
-    "SQLiteStore",
-    "Store",
-    "StoreClosedError",
-    "StoreError",
-    "decode_state_vector",
-    "merge_log",
-]
-
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("crdtnb.store")
 
 T = TypeVar("T")
 
@@ -55,136 +41,6 @@ READ_THREADS = 2  # a load can proceed while a compaction merges on the other th
 
 _SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
-
-class StoreError(Exception):
-    """A storage operation failed."""
-
-
-class StoreClosedError(StoreError):
-    """The store is not started, or has been closed."""
-
-
-class CompactionError(StoreError):
-    """A log could not be merged safely; the log was left untouched."""
-
-
-@runtime_checkable
-class Store(Protocol):
-    """What the room layer needs from storage; one log of Yjs updates per room."""
-
-    async def start(self) -> None:
-        """Open the storage; must be awaited before any other call."""
-        ...
-
-    async def close(self) -> None:
-        """Commit every append already requested, then release the storage."""
-        ...
-
-    async def append(self, room: str, updates: Sequence[bytes]) -> None:
-        """Return once `updates` are durably committed, after everything appended before."""
-        ...
-
-    async def load(self, room: str) -> list[bytes]:
-        """The room's snapshot (if any) followed by its updates, in append order."""
-        ...
-
-    async def compact(self, room: str) -> None:
-        """Replace the room's log by one snapshot; updates appended meanwhile are kept."""
-        ...
-
-    def needs_compaction(self, room: str) -> bool:
-        """Cheap, non-blocking: has the room's log grown past the compaction thresholds?"""
-        ...
-
-    async def log_size(self, room: str) -> tuple[int, int]:
-        """(rows, bytes) of updates stored since the room's last snapshot."""
-        ...
-
-    async def get_meta(self, room: str, key: str) -> bytes | None:
-        """A small per-room blob, e.g. the file's base state and hash."""
-        ...
-
-    async def set_meta(self, room: str, key: str, value: bytes) -> None:
-        """Durably store a small per-room blob."""
-        ...
-
-    async def delete_room(self, room: str) -> None:
-        """Forget the room: its snapshot, updates and meta."""
-        ...
-
-    async def rooms(self) -> list[str]:
-        """Names of the rooms that have anything stored, sorted."""
-        ...
-
-
-# --- merging a log ------------------------------------------------------------------------
-
-
-def decode_state_vector(state: bytes) -> dict[int, int]:
-    """client id -> next expected clock. Compare these, not bytes: the encoding's order is free."""
-    reader = Decoder(state)
-    return {reader.read_var_uint(): reader.read_var_uint() for _ in range(reader.read_var_uint())}
-
-
-def _unintegrated(update: bytes, state: bytes, clocks: dict[int, int]) -> bytes | None:
-    """The part of `update` a doc with `state` holds only as pending, or None.
-
-    Yrs keeps updates whose dependencies are missing aside as "pending" and leaves them out of
-    Doc.get_update(); a snapshot built from get_update() alone would silently drop them.
-    """
-    rest = get_update(update, state)  # v1: structs section, then delete set
-    reader = Decoder(rest)
-    if reader.read_var_uint():  # structs the doc could not integrate
-        return rest
-    for _ in range(reader.read_var_uint()):
-        client = reader.read_var_uint()
-        for _ in range(reader.read_var_uint()):
-            clock, length = reader.read_var_uint(), reader.read_var_uint()
-            if clock + length > clocks.get(client, 0):  # deletes items the doc has not seen yet
-                return rest
-    return None
-
-
-@contextlib.contextmanager
-def _merge_step(what: str) -> Iterator[None]:
-    """Any failure while merging becomes a CompactionError, and the log stays as it is."""
-    try:
-        yield
-    # BaseException: pyo3 turns Rust panics into PanicException, which derives from it
-    except BaseException as exc:
-        if isinstance(exc, (KeyboardInterrupt, SystemExit, CompactionError)):
-            raise
-        raise CompactionError(f"{what}: {exc!r}") from exc
-
-
-def merge_log(updates: Sequence[bytes]) -> bytes:
-    """One update that rebuilds the same document as applying `updates` in order.
-
-    Builds the state in a fresh Doc (deleted content is garbage-collected, so the snapshot is
-    smaller than the log) and merges back any pending parts. The result is checked by rebuilding
-    from it: a merge that does not reproduce the state vector raises instead of replacing the
-    history (pycrdt-store 0.1.5 replaced it with an empty document).
-    """
-    doc: Doc[Any] = Doc()
-    for index, update in enumerate(updates):
-        with _merge_step(f"update {index} of the log cannot be applied"):
-            doc.apply_update(update)
-    with _merge_step("cannot merge the log"):
-        state = doc.get_state()
-        clocks = decode_state_vector(state)
-        snapshot = doc.get_update()
-        pending = [rest for u in updates if (rest := _unintegrated(u, state, clocks)) is not None]
-        if pending:
-            snapshot = merge_updates(snapshot, *pending)
-        check: Doc[Any] = Doc()
-        check.apply_update(snapshot)
-        rebuilt = decode_state_vector(check.get_state())
-    if rebuilt != clocks:
-        raise CompactionError("the merged snapshot does not rebuild the logged state")
-    return snapshot
-
-
-# --- SQLite plumbing ----------------------------------------------------------------------
 
 # Migration steps: _MIGRATIONS[v] upgrades a database at version v - 1 to version v.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
