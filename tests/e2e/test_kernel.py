@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from tests.conftest import Daemon, write_notebook
@@ -16,16 +14,6 @@ from .browser import Browser, eventually_equal
 pytestmark = pytest.mark.timeout(60)
 
 NB = "nb.ipynb"
-
-
-@pytest.fixture
-def kernel_web(web: Daemon) -> Iterator[Daemon]:
-    """The daemon, if it has the kernel API (GET /api/notebooks/{path}/kernel answers)."""
-    response = httpx.get(f"{web.url}/api/notebooks/{NB}/kernel", params={"token": web.token}, timeout=10)
-    if response.status_code == 404 or "status" not in response.json():
-        pytest.skip("the daemon has no kernel API (issue 3)")
-    yield web
-    httpx.post(f"{web.url}/api/notebooks/{NB}/shutdown", params={"token": web.token}, timeout=20)
 
 
 async def set_source(page: object, cell_id: str, source: str) -> None:

@@ -10,7 +10,7 @@ from tests.conftest import Daemon, write_notebook
 
 from .browser import Browser, eventually_equal
 from .images import gradient_png
-from .test_kernel import kernel_web, set_source  # noqa: F401 (kernel_web: a fixture)
+from .test_kernel import set_source
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,6 +5,7 @@ toolbar over a heading at 760 px, a toast over the delete button."""
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 
@@ -79,7 +80,7 @@ async def test_avatar_initials_are_centred(web: Daemon, browser: Browser) -> Non
         for name in ("Bob", "Zoë Hart", "Guest 3456"):
             page = await context.new_page()
             await page.add_init_script(
-                "localStorage.setItem('crdtnb-user-name', %r); localStorage.setItem('crdtnb-user-color', '#1976d2')" % name
+                f"localStorage.setItem('crdtnb-user-name', {json.dumps(name)}); localStorage.setItem('crdtnb-user-color', '#1976d2')"
             )
             await page.goto(notebook_url(web, NB))
             await page.wait_for_selector("body[data-ready='true']")
