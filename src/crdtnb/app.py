@@ -27,6 +27,7 @@ from .accounts import AccountAuth
 from .api import Api
 from .auth import Authenticate, Authorize, allow_all
 from .bodies import capped
+from .cluster import Cluster
 from .compaction import Compaction
 from .connections import ConnectionRegistry, watch_changes
 from .daemon import Daemon
@@ -80,8 +81,17 @@ class NotebookSync:
         self.kernels_isolated = launcher is not None
         self.files_extension = FileSyncExtension(settings.files)
         self.kernels = Kernels(settings.kernels, launcher)
-        builtin = [self.files_extension, Compaction(settings.rooms.compact_min_interval), self.kernels]
-        self.daemon = Daemon(settings, store=store, fanout=fanout, extensions=[*builtin, *extensions])
+        builtin: list[object] = [self.files_extension, Compaction(settings.rooms.compact_min_interval), self.kernels]
+        self.cluster: Cluster | None = None
+        ownership = None
+        if settings.cluster.redis:
+            # Several daemons, one Redis: the rooms' logs, leases and presence live there.
+            self.cluster = Cluster(settings.cluster, compact_rows=settings.rooms.compact_after)
+            store, fanout, ownership = self.cluster.store, self.cluster.fanout, self.cluster.leases
+            builtin.append(self.cluster)
+        self.daemon = Daemon(
+            settings, store=store, fanout=fanout, ownership=ownership, extensions=[*builtin, *extensions]
+        )
         self.accounts: AccountAuth | None = None
         self.login_limiter = LoginLimiter()
         if authenticate is None:
@@ -94,7 +104,9 @@ class NotebookSync:
             )
             authenticate = self.accounts.authenticate
             authorize = authorize or self.accounts.authorize
-        self.api = Api(self.daemon, authenticate, authorize or allow_all, settings.access.allowed_origins, self.accounts)
+        self.api = Api(
+            self.daemon, authenticate, authorize or allow_all, settings.access.allowed_origins, self.accounts, self.cluster
+        )
         self.connections = ConnectionRegistry(self.api.authenticate, self.api.authorize)
         self.sync = SyncEndpoint(self.api, settings.transport, self.connections)
         self._routes = self._build_routes()

@@ -73,6 +73,7 @@ def _origin_label(origin: object) -> str:
 class Metrics(Extension):
     def __init__(self, token: str | None = None, node: str | None = None) -> None:
         self.token = token.encode() if token else None
+        self._node_given = node
         self.node = node or socket.gethostname()
         self.registry = CollectorRegistry()
         labels = ["node"]
@@ -138,6 +139,8 @@ class Metrics(Extension):
 
     async def on_daemon_started(self, event: DaemonStarted) -> None:
         self._daemon = event.daemon
+        if self._node_given is None:
+            self.node = event.daemon.ownership.node  # the cluster's name for this daemon
         self._lag_task = asyncio.create_task(self._watch_loop_lag(), name="metrics:loop-lag")
 
     async def on_daemon_stopping(self, event: DaemonStopping) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -45,6 +45,9 @@ class Kernels(Extension):
         self.ended: dict[str, KernelStatus] = {}  # rooms whose kernel died or was culled
         self._daemon: Daemon | None = None
         self._lock = asyncio.Lock()
+        # Forwards a request to the room's owner (set by the cluster extension).
+        # (None from it: the room has no owner now, this daemon may take it.)
+        self.remote: Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any] | None]] | None = None
         self._culler: asyncio.Task[None] | None = None
 
     # -- hooks ------------------------------------------------------------------------
@@ -121,9 +124,10 @@ class Kernels(Extension):
         async with self._lock:
             agent = self.agents.get(name)
             if agent is None:
-                if not self.daemon.ownership.owns(name) and not await self.daemon.ownership.claim(name):
-                    raise NotOwner(f"{name} is owned by another server")
                 room = await self.daemon.rooms.acquire(name)
+                if not self.daemon.ownership.owns(name):
+                    self.daemon.rooms.release(room)
+                    raise NotOwner(f"{name} is owned by another server")
                 cwd = self.daemon.files.locate(name).parent
                 agent = KernelAgent(room, cwd, self.settings, self.launcher, on_dead=self._on_dead)
                 self.agents[name] = agent
@@ -169,6 +173,37 @@ class Kernels(Extension):
                 culled.append(name)
         return culled
 
+    # -- requests -----------------------------------------------------------------------
+
+    async def request(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Every kernel request goes through here: run by this daemon when it owns the
+        room (or can claim it), else forwarded to the owner (in a cluster)."""
+        if self.remote is not None and not self.daemon.ownership.owns(name):
+            answer = await self.remote(name, action, body)
+            if answer is not None:
+                return answer
+            # Nobody owns the room: this daemon opens it and takes it.
+        return await self.handle(name, action, body)
+
+    async def handle(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Run a kernel request on the owner."""
+        if action == "execute":
+            queued = (await self.agent(name)).execute(list(body["cell_ids"]))
+            return {"queued": queued, **self.status(name)}
+        agent = self.agents.get(name)
+        if action == "interrupt":
+            if agent is not None:
+                await agent.interrupt()
+        elif action == "restart":
+            await (await self.agent(name)).restart()
+        elif action == "shutdown":
+            if agent is not None:
+                await agent.shutdown()
+                self._forget(agent)
+        elif action != "status":
+            raise RequestError(400, f"unknown kernel request {action!r}")
+        return self.status(name)
+
     # -- routes -----------------------------------------------------------------------
 
     async def _execute(self, api: Api, request: Request, path: str) -> Response:
@@ -181,25 +216,16 @@ class Kernels(Extension):
             raise RequestError(400, 'expected a JSON body {"cell_ids": ["<cell id>", ...]}') from None
         if len(cell_ids) > MAX_CELLS_PER_REQUEST:
             raise RequestError(413, f"at most {MAX_CELLS_PER_REQUEST} cells per request")
-        queued = (await self.agent(path)).execute(cell_ids)
-        return JSONResponse({"queued": queued, **self.status(path)}, status_code=202)
+        return JSONResponse(await self.request(path, "execute", {"cell_ids": cell_ids}), status_code=202)
 
     async def _interrupt(self, api: Api, request: Request, path: str) -> Response:
-        agent = self.agents.get(path)
-        if agent is not None:
-            await agent.interrupt()
-        return JSONResponse(self.status(path))
+        return JSONResponse(await self.request(path, "interrupt", {}))
 
     async def _restart(self, api: Api, request: Request, path: str) -> Response:
-        await (await self.agent(path)).restart()
-        return JSONResponse(self.status(path))
+        return JSONResponse(await self.request(path, "restart", {}))
 
     async def _shutdown(self, api: Api, request: Request, path: str) -> Response:
-        agent = self.agents.get(path)
-        if agent is not None:
-            await agent.shutdown()
-            self._forget(agent)
-        return JSONResponse(self.status(path))
+        return JSONResponse(await self.request(path, "shutdown", {}))
 
     async def _status(self, api: Api, request: Request, path: str) -> Response:
-        return JSONResponse(self.status(path))
+        return JSONResponse(await self.request(path, "status", {}))

@@ -6,7 +6,7 @@ seen is lost on ``kill -9``. The room layer only knows the :class:`Store` protoc
 ``merge.py`` turns a log into one verified snapshot for compaction.
 """
 
-from .base import CompactionError, Store, StoreClosedError, StoreError
+from .base import CompactionError, Store, StoreClosedError, StoreError, StoreUnavailable
 from .merge import decode_state_vector, merge_log
 from .sqlite import SCHEMA_VERSION, SQLiteStore
 
@@ -17,6 +17,7 @@ __all__ = [
     "Store",
     "StoreClosedError",
     "StoreError",
+    "StoreUnavailable",
     "decode_state_vector",
     "merge_log",
 ]

@@ -14,6 +14,10 @@ class StoreClosedError(StoreError):
     """The store is not started, or has been closed."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (a cluster's Redis is down or cut off)."""
+
+
 class CompactionError(StoreError):
     """A log could not be merged safely; the log was left untouched."""
 
