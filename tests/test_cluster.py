@@ -37,7 +37,7 @@ def _owner(daemons: list[Daemon], path: str) -> Daemon | None:
     return None
 
 
-async def test_clients_on_three_daemons_converge(daemon_factory: Any, redis_server: RedisServer, root: Path) -> None:
+async def test_clients_on_three_daemons_converge(redis_server: RedisServer, daemon_factory: Any, root: Path) -> None:
     write_notebook(root / "shared.ipynb", ["start"])
     daemons = _cluster(daemon_factory, redis_server, 3)
     clients: list[NotebookClient] = [await d.connect("shared.ipynb") for d in daemons for _ in range(2)]
@@ -65,7 +65,7 @@ async def test_clients_on_three_daemons_converge(daemon_factory: Any, redis_serv
     await asyncio.gather(*(c.close() for c in [*clients, late]))
 
 
-async def test_a_cell_runs_on_the_owner_whichever_daemon_is_asked(daemon_factory: Any, redis_server: RedisServer, root: Path) -> None:
+async def test_a_cell_runs_on_the_owner_whichever_daemon_is_asked(redis_server: RedisServer, daemon_factory: Any, root: Path) -> None:
     write_notebook(root / "run.ipynb", ["import os; print('pid', os.getpid())"])
     daemons = _cluster(daemon_factory, redis_server, 2)
     first = await daemons[0].connect("run.ipynb")
@@ -83,3 +83,203 @@ async def test_a_cell_runs_on_the_owner_whichever_daemon_is_asked(daemon_factory
     assert status["status"] == "idle" and status["kernel"] == "python3"
     await first.close()
     await second.close()
+
+
+async def _owner_within(daemons: list[Daemon], path: str, seconds: float, but: Daemon | None = None) -> Daemon:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        owner = await asyncio.to_thread(_owner, [d for d in daemons if d is not but], path)
+        if owner is not None:
+            return owner
+        assert asyncio.get_running_loop().time() < deadline, f"nobody owns {path} after {seconds} s"
+        await asyncio.sleep(0.1)
+
+
+def _stream(client: NotebookClient, cell: str) -> str:
+    return "".join(o.get("text", "") for o in client.outputs(cell) if o["output_type"] == "stream")
+
+
+@pytest.mark.parametrize("how", ["kill", "term"])
+async def test_the_owner_dies_while_a_cell_runs(redis_server: RedisServer, daemon_factory: Any, root: Path, how: str) -> None:
+    write_notebook(root / "fail.ipynb", ["import time\nfor i in range(600):\n    print('tick', i, flush=True)\n    time.sleep(0.1)", "print('after')"])
+    daemons = _cluster(daemon_factory, redis_server, 3)
+    first = await daemons[0].connect("fail.ipynb")  # node0 opens the room first: it owns it
+    owner = await _owner_within(daemons, "fail.ipynb", 10)
+    assert owner is daemons[0]
+    watchers = [await d.connect("fail.ipynb") for d in daemons[1:]]
+    loop, after = first.cell_ids()
+    await watchers[0].execute([loop])  # asked of another daemon, run on the owner
+    for client in watchers:
+        await client.wait_for(lambda _, c=client: "tick 5" in _stream(c, loop), timeout=90)
+    seen = _stream(watchers[0], loop)
+    started = asyncio.get_running_loop().time()
+    if how == "kill":
+        owner.kill()  # kill -9: its lease lapses
+    else:
+        assert owner.stop() == 0  # SIGTERM: the lease is handed over at once
+    new_owner = await _owner_within(daemons, "fail.ipynb", 10, but=owner)
+    took = asyncio.get_running_loop().time() - started
+    assert took < 8, f"failover took {took:.1f} s"
+    for client in watchers:
+        # The cut-off cell says so (never stuck "running"), and nothing it printed is lost.
+        await client.wait_for(lambda _, c=client: c.cell(loop).get("execution_state") == "idle", timeout=15)
+        outputs = client.outputs(loop)
+        assert outputs[-1]["output_type"] == "error" and outputs[-1]["ename"] == "KernelLost"
+        assert _stream(client, loop).startswith(seen)
+    # The next run starts a fresh kernel on the new owner.
+    await watchers[1].execute([after])
+    for client in watchers:
+        await client.wait_for(lambda _, c=client: c.outputs(after) and c.cell(after).get("execution_state") == "idle", timeout=90)
+        assert _stream(client, after) == "after\n" and int(client.cell(after)["execution_count"]) == 1
+    assert new_owner is not owner
+    await asyncio.gather(*(c.close() for c in watchers))
+
+
+async def test_a_daemon_that_does_not_own_the_room_dies(redis_server: RedisServer, daemon_factory: Any, root: Path) -> None:
+    write_notebook(root / "calm.ipynb", ["x"])
+    daemons = _cluster(daemon_factory, redis_server, 3)
+    owner_client = await daemons[0].connect("calm.ipynb")
+    victim_client = await daemons[1].connect("calm.ipynb")
+    third = await daemons[2].connect("calm.ipynb")
+    cell = owner_client.cell_ids()[0]
+    victim_client.set_awareness({"user": {"name": "soon gone"}})
+    await third.wait_for(lambda _: victim_client.doc.client_id in third.awareness, timeout=10)
+    victim_client.insert_text(cell, 0, "durable ")
+    await victim_client.roundtrip()
+    daemons[1].kill()
+    # What it stored stays; its clients' presence goes within seconds (not 30).
+    await third.wait_for(lambda _: victim_client.doc.client_id not in third.awareness, timeout=20)
+    assert third.source(cell).startswith("durable ")
+    assert _owner(daemons, "calm.ipynb") is daemons[0]
+    owner_client.insert_text(cell, 0, "still ")
+    await third.wait_for(lambda _: third.source(cell).startswith("still durable "), timeout=10)
+    await asyncio.gather(owner_client.close(), third.close())
+
+
+async def test_fifty_owner_changes_duplicate_no_cell_and_no_output(redis_server: RedisServer, daemon_factory: Any, root: Path) -> None:
+    write_notebook(root / "flip.ipynb", ["print('x')", "y = 1"])
+    daemons = _cluster(daemon_factory, redis_server, 2)
+    clients = [await d.connect("flip.ipynb") for d in daemons]
+    printing, other = clients[0].cell_ids()
+    for turn in range(50):
+        owner = await _owner_within(daemons, "flip.ipynb", 10)
+        clients[turn % 2].insert_text(other, 0, "#")
+        if turn % 10 == 0:
+            await clients[turn % 2].execute([printing])
+            for client in clients:
+                await client.wait_for(lambda _, c=client: c.outputs(printing) and c.cell(printing).get("execution_state") == "idle", timeout=60)
+        response = httpx.post(f"{owner.url}/api/cluster/handover/flip.ipynb", params={"token": owner.token}, timeout=30)
+        assert response.status_code == 200, response.text
+        new_owner = await _owner_within(daemons, "flip.ipynb", 10, but=owner)
+        assert new_owner is not owner
+    for client in clients:
+        await client.roundtrip()
+    await clients[1].wait_for(lambda _: clients[1].source(other) == clients[0].source(other), timeout=10)
+    for client in clients:
+        ids = client.cell_ids()
+        assert ids == [printing, other]  # no cell duplicated
+        assert client.outputs(printing) == [{"output_type": "stream", "name": "stdout", "text": "x\n"}]  # nor output
+        assert client.source(other) == "#" * 50 + "y = 1"
+    await eventually(lambda: read_sources(root / "flip.ipynb") == ["print('x')", "#" * 50 + "y = 1"], timeout=15)
+    await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_redis_restarted_under_load_loses_nothing_acknowledged(redis_server: RedisServer, daemon_factory: Any, root: Path) -> None:
+    write_notebook(root / "load.ipynb", ["", ""])
+    daemons = _cluster(daemon_factory, redis_server, 2)
+    clients = [await d.connect("load.ipynb") for d in daemons]
+    cells = clients[0].cell_ids()
+    acknowledged = ["", ""]
+    stop = asyncio.Event()
+
+    async def type_on(i: int) -> None:
+        client, cell = clients[i], cells[i]
+        n = 0
+        while not stop.is_set():
+            client.insert_text(cell, len(client.source(cell)), f"{n},")
+            n += 1
+            try:
+                await client.roundtrip(timeout=2)
+                acknowledged[i] = client.source(cell)  # stored in Redis: must survive
+            except (asyncio.TimeoutError, ConnectionError):
+                pass  # Redis is away: not acknowledged (yet)
+            await asyncio.sleep(0.02)
+
+    typing = [asyncio.create_task(type_on(i)) for i in range(2)]
+    await asyncio.sleep(2)
+    before = list(acknowledged)
+    redis_server.kill()  # kill -9: with appendfsync always, what was acknowledged is on disk
+    await asyncio.sleep(2)
+    redis_server.restart()
+    await asyncio.sleep(3)
+    stop.set()
+    await asyncio.gather(*typing)
+    assert all(before) and all(len(a) > len(b) for a, b in zip(acknowledged, before)), "typing did not resume"
+    check = [await d.connect("load.ipynb", timeout=30) for d in daemons]
+    for client in check:
+        for cell, acked in zip(cells, acknowledged):
+            await client.wait_for(lambda _, c=client, i=cell, a=acked: c.source(i).startswith(a), timeout=30)
+    await asyncio.gather(*(c.close() for c in [*clients, *check]))
+
+
+async def test_a_daemon_cut_off_from_redis_says_so_and_is_fenced(redis_server: RedisServer, daemon_factory: Any, root: Path) -> None:
+    from .conftest import TcpProxy
+
+    write_notebook(root / "cut.ipynb", ["text"])
+    proxy = TcpProxy(redis_server.port)
+    cut_url = f"redis://127.0.0.1:{proxy.port}/0"
+    near = daemon_factory("--redis", redis_server.url, "--node-id", "near", "--store-timeout", "2")
+    far = daemon_factory("--redis", cut_url, "--node-id", "far", "--store-timeout", "2")
+    far_client = await far.connect("cut.ipynb")  # far opens the room first: it owns it
+    assert await asyncio.to_thread(_owner, [near, far], "cut.ipynb") is far
+    near_client = await near.connect("cut.ipynb")
+    cell = near_client.cell_ids()[0]
+    closes: list[Any] = []
+    far_client.on_status = lambda status: closes.append(far_client.last_close)
+    proxy.sever()
+    far_client.insert_text(cell, 0, "not durable ")
+    # far cannot store it: its clients are told so (1013, they will reconnect) ...
+    await far_client.wait_for(lambda _: far_client.last_close is not None, timeout=20)
+    assert far_client.last_close is not None and far_client.last_close.code == 1013
+    assert "unreachable" in far_client.last_close.reason
+    # ... and near, which still reaches Redis, takes the room when far's lease lapses.
+    assert await _owner_within([near], "cut.ipynb", 10) is near
+    near_client.insert_text(cell, 0, "durable ")
+    await near_client.roundtrip()
+    assert "not durable" not in near_client.source(cell)
+    proxy.mend()
+    # far's client comes back and resyncs: its edit reaches everyone now.
+    await near_client.wait_for(lambda _: "not durable" in near_client.source(cell), timeout=30)
+    assert far.health()["cluster"]["owned"] == []
+    await asyncio.gather(near_client.close(), far_client.close())
+    proxy.close()
+
+
+async def test_a_lapsed_lease_cannot_write_even_before_its_holder_notices(redis_server: RedisServer) -> None:
+    """Fencing inside Redis: the token is compared by the script that writes."""
+    from redis.asyncio import Redis
+
+    from crdtnb.cluster import Leases, RedisStore
+    from crdtnb.cluster.keys import RoomKeys
+    from crdtnb.ownership import NotOwner
+
+    a_redis, b_redis = Redis.from_url(redis_server.url), Redis.from_url(redis_server.url)
+    a_leases, b_leases = Leases(a_redis, "a"), Leases(b_redis, "b")
+    a_store, b_store = RedisStore(a_redis, "a", a_leases), RedisStore(b_redis, "b", b_leases)
+    await a_store.start()
+    await b_store.start()
+    assert await a_store.seed("r.ipynb", b"\x00\x00")
+    assert await a_leases.claim("r.ipynb") and not await b_leases.claim("r.ipynb")
+    await a_store.append_owned("r.ipynb", [b"\x00\x00"])
+    await a_redis.pexpire(RoomKeys("r.ipynb").owner, 1)  # a's lease lapses in Redis ...
+    await asyncio.sleep(0.05)
+    assert await b_leases.claim("r.ipynb")  # ... b takes the room ...
+    a_leases.held["r.ipynb"].valid_until = float("inf")  # ... and a has not noticed
+    with pytest.raises(NotOwner):
+        await a_store.append_owned("r.ipynb", [b"\x00\x00"])
+    with pytest.raises(NotOwner):
+        await a_store.set_meta("r.ipynb", "file_base", b"x")
+    await b_store.append_owned("r.ipynb", [b"\x00\x00"])
+    assert not await b_store.seed("r.ipynb", b"\x00\x00")  # a room is seeded once
+    await a_redis.aclose()
+    await b_redis.aclose()

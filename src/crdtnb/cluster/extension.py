@@ -19,13 +19,17 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
 
 from ..api import RequestError, status_of
+from ..auth import Action
 from ..extensions import (
     DaemonStarted,
     DaemonStopping,
@@ -43,6 +47,7 @@ from .relay import Presence, StreamReader, is_awareness
 from .store import RedisStore
 
 if TYPE_CHECKING:
+    from ..api import Api
     from ..daemon import Daemon
 
 logger = logging.getLogger("crdtnb.cluster")
@@ -50,6 +55,7 @@ logger = logging.getLogger("crdtnb.cluster")
 HEARTBEAT_EVERY = 1.0  # seconds between two heartbeats of this daemon
 HEARTBEAT_TTL = 5  # seconds a daemon counts as alive after its last heartbeat
 CLAIM_EVERY = 1.0  # seconds between two attempts to take the open rooms nobody owns
+HOLD_OFF = 1.0  # seconds a daemon that handed a room over leaves it to the others
 REQUEST_TIMEOUT = 30.0  # seconds a kernel request waits for the owner's answer
 
 
@@ -102,7 +108,20 @@ class Cluster(Extension):
         self._requests: set[asyncio.Task[Any]] = set()
         self._claim_now = asyncio.Event()
         self._members: set[str] = set()
+        self._hold_off: dict[str, float] = {}
         self.store.on_close = self._shutdown
+
+    def routes(self, api: Api) -> Sequence[BaseRoute]:
+        return [
+            api.route("/api/cluster/handover/{path:path}", self._handover, methods=["POST"], action=Action.ADMIN),
+        ]
+
+    async def _handover(self, api: Api, request: Request, path: str) -> Response:
+        """Hand a room this daemon owns over to another (draining it before maintenance)."""
+        if not await self.daemon.rooms.hand_over(path):
+            raise RequestError(409, f"{self.node} does not own {path}")
+        self._hold_off[path] = time.monotonic() + HOLD_OFF
+        return JSONResponse({"node": self.node, "released": path})
 
     # -- the daemon's lifecycle ---------------------------------------------------------
 
@@ -199,8 +218,9 @@ class Cluster(Extension):
             except asyncio.TimeoutError:
                 pass
             self._claim_now.clear()
+            now = time.monotonic()
             for name in list(self.daemon.rooms.rooms):
-                if self.leases.owns(name):
+                if self.leases.owns(name) or self._hold_off.get(name, 0.0) > now:
                     continue
                 try:
                     if await self.leases.claim(name):
@@ -226,8 +246,11 @@ class Cluster(Extension):
                     await asyncio.sleep(0.5)
                     continue
                 if message and message.get("type") == "message":
-                    text = bytes(message["data"]).decode()
-                    if text.startswith("released ") and text[len("released ") :] in self.daemon.rooms.rooms:
+                    kind, _, rest = bytes(message["data"]).decode().partition(" ")
+                    node, _, room = rest.partition(" ")
+                    if kind == "released" and node != self.node and room in self.daemon.rooms.rooms:
+                        # Another daemon gave it up: ours to take, now.
+                        self._hold_off.pop(room, None)
                         self._claim_now.set()
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]

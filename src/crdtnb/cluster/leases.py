@@ -51,7 +51,7 @@ return 0
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', KEYS[2], 'released ' .. ARGV[2])
+  redis.call('PUBLISH', KEYS[2], 'released ' .. ARGV[3] .. ' ' .. ARGV[2])
   return 1
 end
 return 0
@@ -119,7 +119,7 @@ class Leases:
             return
         keys = RoomKeys(room)
         try:
-            await self._release(keys=[keys.owner, EVENTS], args=[lease.holder(self.node), room])
+            await self._release(keys=[keys.owner, EVENTS], args=[lease.holder(self.node), room, self.node])
         except Exception as exc:  # unreachable: the lease lapses by itself
             logger.warning("%s: could not release %s (%s); it lapses in %.1f s", self.node, room, exc, self.ttl)
 

@@ -123,12 +123,18 @@ class Presence:
     async def follow(self, room: str) -> None:
         channel = RoomKeys(room).presence
         self._channels[channel] = room
-        await self._pubsub.subscribe(channel)
+        try:
+            await self._pubsub.subscribe(channel)
+        except Exception as exc:  # Redis is away: presence stays local until it is back
+            logger.warning("subscribing to the presence of %s failed (%s)", room, exc)
 
     async def unfollow(self, room: str) -> None:
         channel = RoomKeys(room).presence
         if self._channels.pop(channel, None) is not None:
-            await self._pubsub.unsubscribe(channel)
+            try:
+                await self._pubsub.unsubscribe(channel)
+            except Exception as exc:
+                logger.debug("unsubscribing from the presence of %s failed (%s)", room, exc)
 
     def publish(self, room: str, message: bytes) -> None:
         """Send a presence message to the other daemons (fire and forget, in order)."""

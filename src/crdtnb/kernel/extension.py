@@ -103,7 +103,10 @@ class Kernels(Extension):
         """Another daemon owns the room now: our kernel stops at once, writing nothing."""
         agent = self.agents.get(event.room.name)
         if agent is not None:
-            await agent.abandon()
+            if event.graceful:
+                await agent.shutdown(lost=True)  # a running cell gets its note
+            else:
+                await agent.abandon()
             self._forget(agent)
 
     # -- agents -----------------------------------------------------------------------
