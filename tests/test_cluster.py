@@ -283,3 +283,66 @@ async def test_a_lapsed_lease_cannot_write_even_before_its_holder_notices(redis_
     assert not await b_store.seed("r.ipynb", b"\x00\x00")  # a room is seeded once
     await a_redis.aclose()
     await b_redis.aclose()
+
+
+async def test_the_owner_compacts_the_stream_and_a_new_node_loads_snapshot_and_tail(
+    redis_server: RedisServer, daemon_factory: Any, root: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    write_notebook(root / "long.ipynb", ["start"])
+    daemons = _cluster(daemon_factory, redis_server, 1, "--compact-after", "50", "--compact-min-interval", "0")
+    client = await daemons[0].connect("long.ipynb")
+    cell = client.cell_ids()[0]
+    for i in range(300):
+        client.insert_text(cell, len(client.source(cell)), ".")
+        if i % 20 == 0:
+            await client.roundtrip()
+    await client.roundtrip()
+
+    def status() -> dict[str, Any]:
+        out = subprocess.run(
+            [sys.executable, "-m", "crdtnb", "cluster", "status", "--redis", redis_server.url, "--json"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        return json.loads(out.stdout)
+
+    await eventually(lambda: status()["rooms"][0]["log_entries"] < 100, timeout=20)
+    room = status()["rooms"][0]
+    assert room["room"] == "long.ipynb" and room["owner"] == "node0" and room["snapshot_bytes"] > 0
+    assert room["redis_bytes"] < 200_000  # bounded: a snapshot and a short tail
+    assert [n["node"] for n in status()["nodes"]] == ["node0"]
+    late = daemon_factory("--redis", redis_server.url, "--node-id", "late")
+    fresh = await late.connect("long.ipynb")
+    assert fresh.source(cell) == "start" + "." * 300
+    await asyncio.gather(client.close(), fresh.close())
+
+
+async def test_accounts_hold_across_nodes(redis_server: RedisServer, daemon_factory: Any, root: Path) -> None:
+    """One user database and session key (the shared state directory); failed logins
+    counted in Redis; a revoked token refused, and its websockets closed, on every node."""
+    import subprocess
+    import sys
+
+    from crdtnb.client import connect
+    from crdtnb.users import Role, UserStore
+
+    users = UserStore(root / ".crdtnb")
+    users.add("ana", Role.EDITOR, "correct horse battery")
+    token = users.new_token("ana")
+    daemons = _cluster(daemon_factory, redis_server, 2)
+    clients = [await connect(d.url, "nb.ipynb", token=token) for d in daemons]
+    # Five failed logins spread over both nodes lock the name on both.
+    for i in range(5):
+        response = httpx.post(f"{daemons[i % 2].url}/login", json={"name": "ana", "password": "wrong"}, timeout=30)
+        assert response.status_code == 401
+    for daemon in daemons:
+        assert httpx.post(f"{daemon.url}/login", json={"name": "ana", "password": "correct horse battery"}, timeout=30).status_code == 429
+    subprocess.run([sys.executable, "-m", "crdtnb", "users", "revoke-tokens", "ana", "--root", str(root)], check=True, timeout=60)
+    for client in clients:
+        await client.wait_for(lambda _, c=client: c.closed is not None, timeout=5)
+        assert client.closed is not None and client.closed.code == 4401
+    for daemon in daemons:
+        assert httpx.get(f"{daemon.url}/api/notebooks", headers={"Authorization": f"token {token}"}, timeout=10).status_code == 401

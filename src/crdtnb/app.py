@@ -28,6 +28,7 @@ from .api import Api
 from .auth import Authenticate, Authorize, allow_all
 from .bodies import capped
 from .cluster import Cluster
+from .cluster.limits import RedisLoginLimiter
 from .compaction import Compaction
 from .connections import ConnectionRegistry, watch_changes
 from .daemon import Daemon
@@ -37,7 +38,7 @@ from .kernel import Kernels
 from .login import login_routes
 from .pages import page_routes
 from .sandbox import choose_sandbox
-from .sessions import LoginLimiter, SessionSigner, load_secret
+from .sessions import LoginLimiter, LoginLimits, SessionSigner, load_secret
 from .settings import Settings
 from .store import Store
 from .sync_endpoint import SyncEndpoint
@@ -93,7 +94,10 @@ class NotebookSync:
             settings, store=store, fanout=fanout, ownership=ownership, extensions=[*builtin, *extensions]
         )
         self.accounts: AccountAuth | None = None
-        self.login_limiter = LoginLimiter()
+        # A cluster counts failed logins in Redis: the limit holds across daemons.
+        self.login_limiter: LoginLimits = (
+            RedisLoginLimiter(self.cluster.redis) if self.cluster is not None else LoginLimiter()
+        )
         if authenticate is None:
             state = settings.state_path
             self.accounts = AccountAuth(

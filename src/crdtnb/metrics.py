@@ -209,6 +209,9 @@ class _Scraped(Collector):
         rooms = GaugeMetricFamily("crdtnb_rooms_open", "Rooms (open notebooks) loaded", labels=["node"])
         rooms.add_metric([node], len(daemon.rooms.rooms))
         yield rooms
+        owned = GaugeMetricFamily("crdtnb_rooms_owned", "Open rooms this daemon owns (runs kernels, saves)", labels=["node"])
+        owned.add_metric([node], sum(1 for name in daemon.rooms.rooms if daemon.ownership.owns(name)))
+        yield owned
         connections = GaugeMetricFamily("crdtnb_connections", "Open websocket connections, by role", labels=["node", "role"])
         roles = list(metrics._roles.values())
         for role in ("writer", "reader"):
