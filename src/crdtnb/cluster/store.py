@@ -112,6 +112,11 @@ class RedisStore:
         self._known: set[str] = set()  # rooms registered in ROOMS
         self._started = False
         self.on_close: Callable[[], Awaitable[None]] | None = None  # the cluster's shutdown
+        # Appends of every room wait here and go to Redis together, one pipeline per
+        # round trip (a group commit): redis-py costs far more per call than per command.
+        self._pending: list[tuple[str, Sequence[bytes], asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
         self._append_owned = redis.register_script(_APPEND_OWNED)
         self._seed = redis.register_script(_SEED)
         self._load = redis.register_script(_LOAD)
@@ -122,9 +127,16 @@ class RedisStore:
         with unavailable_as_store_errors():
             await self.redis.ping()
         self._started = True
+        self._flusher = asyncio.create_task(self._flush_forever(), name="cluster:appends")
 
     async def close(self) -> None:
         self._started = False
+        if self._flusher is not None:
+            while self._pending:
+                await asyncio.sleep(0.01)
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
         if self.on_close is not None:
             await self.on_close()
 
@@ -140,16 +152,42 @@ class RedisStore:
         self._check()
         if not updates:
             return
-        keys = RoomKeys(room)
-        with unavailable_as_store_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for update in updates:
-                    pipe.xadd(keys.log, {"u": bytes(update), "n": self.node})
-                if room not in self._known:
-                    pipe.hset(ROOMS, keys.tag, room)
-                await pipe.execute()
-        self._known.add(room)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((room, updates, future))
+        self._wake.set()
+        await future
         self._grew(room, updates)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[tuple[str, Sequence[bytes], asyncio.Future[None]]]) -> None:
+        try:
+            with unavailable_as_store_errors():
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for room, updates, _ in batch:
+                        keys = RoomKeys(room)
+                        for update in updates:
+                            pipe.xadd(keys.log, {"u": bytes(update), "n": self.node})
+                        if room not in self._known:
+                            pipe.hset(ROOMS, keys.tag, room)
+                    await pipe.execute()
+        except BaseException as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for room, _, future in batch:
+            self._known.add(room)
+            if not future.done():
+                future.set_result(None)
 
     async def append_owned(self, room: str, updates: Sequence[bytes]) -> None:
         self._check()
