@@ -62,6 +62,12 @@ class Store(Protocol):
         """Forget the room: its snapshot, updates and meta."""
         ...
 
+    async def rename_room(self, old: str, new: str) -> None:
+        """Give the room ``old`` the name ``new``: its snapshot, updates and meta, in one
+        step ordered after every call made before it. Whatever ``new`` had is dropped.
+        Appends for the room made after this call must use ``new``."""
+        ...
+
     async def rooms(self) -> list[str]:
         """Names of the rooms that have anything stored, sorted."""
         ...
