@@ -47,7 +47,7 @@ from .protocol import (
     read_awareness,
     write_awareness,
 )
-from .schema import cells_of, state_of
+from .schema import INPUT_REQUEST, cells_of, state_of
 
 logger = logging.getLogger("crdtnb.client")
 
@@ -285,6 +285,27 @@ class NotebookClient:
 
     async def kernel(self) -> dict[str, Any]:
         return await self._kernel_call("GET", "kernel")
+
+    async def complete(self, code: str, cursor_pos: int | None = None) -> dict[str, Any]:
+        """The kernel's completions at ``cursor_pos`` (default: the end of ``code``):
+        ``matches``, ``cursor_start``, ``cursor_end``; ``status`` "no_kernel" when none runs."""
+        body = {"code": code, "cursor_pos": len(code) if cursor_pos is None else cursor_pos}
+        return await self._kernel_call("POST", "complete", body)
+
+    async def inspect(self, code: str, cursor_pos: int | None = None, detail_level: int = 0) -> dict[str, Any]:
+        """The kernel's help on the name at ``cursor_pos``: ``found`` and ``data`` (a mimebundle)."""
+        body = {"code": code, "cursor_pos": len(code) if cursor_pos is None else cursor_pos, "detail_level": detail_level}
+        return await self._kernel_call("POST", "inspect", body)
+
+    def input_requests(self) -> list[dict[str, Any]]:
+        """The input requests waiting for an answer (a running cell called ``input()``,
+        getpass or pdb): ``[{"id", "cell_id", "prompt", "password"}]``, or []."""
+        request = self.state.get(INPUT_REQUEST)
+        return [dict(request)] if isinstance(request, dict) else []
+
+    async def answer_input(self, request_id: str, value: str) -> dict[str, Any]:
+        """Answer an input request (the first answer wins: a later one raises)."""
+        return await self._kernel_call("POST", "input", {"id": request_id, "value": value})
 
     async def _kernel_call(self, method: str, action: str, body: Any = None) -> dict[str, Any]:
         if self.api is None:

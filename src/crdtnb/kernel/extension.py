@@ -8,9 +8,10 @@ or is culled lets the room go (it is evicted once nobody else holds it).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -24,7 +25,7 @@ from ..origins import KERNEL
 from ..outputs import OutputWriter
 from ..schema import EXECUTION_STATE, KERNEL_STATUS, state_of
 from ..settings import KernelSettings
-from .agent import CUT_OFF, KernelAgent, KernelStatus
+from .agent import CUT_OFF, InputNotPending, KernelAgent, KernelStatus, no_kernel
 from .process import KernelLauncher
 
 if TYPE_CHECKING:
@@ -51,12 +52,20 @@ class Kernels(Extension):
 
     def routes(self, api: Api) -> Sequence[BaseRoute]:
         return [
-            api.route("/api/notebooks/{path:path}/execute", self._execute, methods=["POST"], action=Action.EXECUTE),
-            api.route("/api/notebooks/{path:path}/interrupt", self._interrupt, methods=["POST"], action=Action.EXECUTE),
-            api.route("/api/notebooks/{path:path}/restart", self._restart, methods=["POST"], action=Action.EXECUTE),
-            api.route("/api/notebooks/{path:path}/shutdown", self._shutdown, methods=["POST"], action=Action.EXECUTE),
-            api.route("/api/notebooks/{path:path}/kernel", self._status, methods=["GET"], action=Action.READ),
+            api.route(f"/api/notebooks/{{path:path}}/{suffix}", self._endpoint(action), methods=[method], action=ACTIONS[action])
+            for action, (method, suffix) in ROUTES.items()
         ]
+
+    def _endpoint(self, action: str) -> Callable[[Api, Request, str], Awaitable[Response]]:
+        """A REST route only parses, asks ``request`` and answers."""
+
+        async def endpoint(api: Api, request: Request, path: str) -> Response:
+            body = await _json_object(request) if request.method == "POST" else {}
+            result = await self.request(path, action, body)
+            return JSONResponse(result, status_code=202 if action == "execute" else 200)
+
+        endpoint.__name__ = action
+        return endpoint
 
     async def on_daemon_started(self, event: DaemonStarted) -> None:
         self._daemon = event.daemon
@@ -136,6 +145,7 @@ class Kernels(Extension):
             "kernel": None,
             "running": None,
             "queue": [],
+            "input_request": None,
         }
         info["cull_idle"] = self.settings.cull_idle or None
         return info
@@ -168,37 +178,129 @@ class Kernels(Extension):
                 culled.append(name)
         return culled
 
-    # -- routes -----------------------------------------------------------------------
+    # -- requests -------------------------------------------------------------------------
 
-    async def _execute(self, api: Api, request: Request, path: str) -> Response:
-        try:
-            body = await request.json()
-            cell_ids = body["cell_ids"]
-            if not isinstance(cell_ids, list) or not all(isinstance(c, str) for c in cell_ids):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise RequestError(400, 'expected a JSON body {"cell_ids": ["<cell id>", ...]}') from None
+    async def request(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Every request to a room's kernel goes through here, whichever way it came
+        (a REST route, another node of a cluster): ``action`` is one of ``ACTIONS``,
+        ``body`` its JSON arguments; the answer is JSON too. The caller has checked
+        that the user may do ``ACTIONS[action]`` on ``name`` (a canonical name).
+        Refusals raise RequestError."""
+        handler = {
+            "execute": self._execute,
+            "interrupt": self._interrupt,
+            "restart": self._restart,
+            "shutdown": self._shutdown,
+            "status": self._status,
+            "complete": self._complete,
+            "inspect": self._inspect,
+            "input": self._input,
+        }.get(action)
+        if handler is None:
+            raise RequestError(404, f"no kernel action {action!r}")
+        return await handler(name, body)
+
+    async def _execute(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        cell_ids = body.get("cell_ids")
+        if not isinstance(cell_ids, list) or not all(isinstance(c, str) for c in cell_ids):
+            raise RequestError(400, 'expected a JSON body {"cell_ids": ["<cell id>", ...]}')
         if len(cell_ids) > MAX_CELLS_PER_REQUEST:
             raise RequestError(413, f"at most {MAX_CELLS_PER_REQUEST} cells per request")
-        queued = (await self.agent(path)).execute(cell_ids)
-        return JSONResponse({"queued": queued, **self.status(path)}, status_code=202)
+        queued = (await self.agent(name)).execute(cell_ids)
+        return {"queued": queued, **self.status(name)}
 
-    async def _interrupt(self, api: Api, request: Request, path: str) -> Response:
-        agent = self.agents.get(path)
+    async def _interrupt(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        agent = self.agents.get(name)
         if agent is not None:
             await agent.interrupt()
-        return JSONResponse(self.status(path))
+        return self.status(name)
 
-    async def _restart(self, api: Api, request: Request, path: str) -> Response:
-        await (await self.agent(path)).restart()
-        return JSONResponse(self.status(path))
+    async def _restart(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        await (await self.agent(name)).restart()
+        return self.status(name)
 
-    async def _shutdown(self, api: Api, request: Request, path: str) -> Response:
-        agent = self.agents.get(path)
+    async def _shutdown(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        agent = self.agents.get(name)
         if agent is not None:
             await agent.shutdown()
             self._forget(agent)
-        return JSONResponse(self.status(path))
+        return self.status(name)
 
-    async def _status(self, api: Api, request: Request, path: str) -> Response:
-        return JSONResponse(self.status(path))
+    async def _status(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.status(name)
+
+    async def _complete(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        code, cursor_pos = _code_and_cursor(body, "complete")
+        agent = self.agents.get(name)  # no kernel is started for a completion
+        if agent is None:
+            return no_kernel("complete", cursor_pos)
+        return await agent.complete(code, cursor_pos)
+
+    async def _inspect(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        code, cursor_pos = _code_and_cursor(body, "inspect")
+        detail_level = body.get("detail_level", 0)
+        if detail_level not in (0, 1) or isinstance(detail_level, bool):
+            raise RequestError(400, "detail_level must be 0 or 1")
+        agent = self.agents.get(name)
+        if agent is None:
+            return no_kernel("inspect")
+        return await agent.inspect(code, cursor_pos, detail_level)
+
+    async def _input(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        request_id, value = body.get("id"), body.get("value")
+        if not isinstance(request_id, str) or not isinstance(value, str):
+            raise RequestError(400, 'expected a JSON body {"id": "<input request id>", "value": "<text>"}')
+        agent = self.agents.get(name)
+        try:
+            if agent is None:
+                raise InputNotPending(f"input request {request_id} is not waiting (no kernel runs)")
+            answered = agent.answer_input(request_id, value)
+        except InputNotPending as exc:
+            raise RequestError(409, str(exc)) from None
+        return {"answered": answered.id, "cell_id": answered.cell_id}
+
+
+# The permission each kernel action needs, and its REST route.
+ACTIONS: dict[str, Action] = {
+    "execute": Action.EXECUTE,
+    "interrupt": Action.EXECUTE,
+    "restart": Action.EXECUTE,
+    "shutdown": Action.EXECUTE,
+    "status": Action.READ,
+    "complete": Action.EXECUTE,  # runs code: a completer may evaluate attributes
+    "inspect": Action.EXECUTE,
+    "input": Action.EXECUTE,
+}
+ROUTES: dict[str, tuple[str, str]] = {
+    "execute": ("POST", "execute"),
+    "interrupt": ("POST", "interrupt"),
+    "restart": ("POST", "restart"),
+    "shutdown": ("POST", "shutdown"),
+    "status": ("GET", "kernel"),
+    "complete": ("POST", "complete"),
+    "inspect": ("POST", "inspect"),
+    "input": ("POST", "input"),
+}
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when it has none)."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise RequestError(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "the body must be a JSON object")
+    return body
+
+
+def _code_and_cursor(body: dict[str, Any], action: str) -> tuple[str, int]:
+    code, cursor_pos = body.get("code"), body.get("cursor_pos")
+    if not isinstance(code, str) or not isinstance(cursor_pos, int) or isinstance(cursor_pos, bool):
+        raise RequestError(400, f'expected a JSON body {{"code": "<text>", "cursor_pos": <int>}} for {action}')
+    if not 0 <= cursor_pos <= len(code):
+        raise RequestError(400, "cursor_pos must be within the code (in characters)")
+    return code, cursor_pos
