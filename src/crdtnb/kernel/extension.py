@@ -8,7 +8,6 @@ or is culled lets the room go (it is evicted once nobody else holds it).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,9 +17,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from ..api import RequestError
+from ..api import RequestError, json_object
 from ..auth import Action
-from ..extensions import DaemonStarted, DaemonStopping, Extension, RoomLoaded, RoomLoading
+from ..extensions import (
+    DaemonStarted,
+    DaemonStopping,
+    Extension,
+    RoomDeleting,
+    RoomLoaded,
+    RoomLoading,
+    RoomRenamed,
+)
 from ..origins import KERNEL
 from ..outputs import OutputWriter
 from ..schema import EXECUTION_STATE, KERNEL_STATUS, state_of
@@ -60,7 +67,7 @@ class Kernels(Extension):
         """A REST route only parses, asks ``request`` and answers."""
 
         async def endpoint(api: Api, request: Request, path: str) -> Response:
-            body = await _json_object(request) if request.method == "POST" else {}
+            body = await json_object(request) if request.method == "POST" else {}
             result = await self.request(path, action, body)
             return JSONResponse(result, status_code=202 if action == "execute" else 200)
 
@@ -112,6 +119,24 @@ class Kernels(Extension):
                     writer.set_execution_state(cell_id, "idle")
         if cut_off:
             logger.warning("%s: %d cell(s) were cut off by a server stop", room.name, len(cut_off))
+
+    async def on_room_renamed(self, event: RoomRenamed) -> None:
+        """A running kernel keeps running under the new name (in the directory it
+        started in; a restart starts in the new one)."""
+        agent = self.agents.pop(event.old, None)
+        if agent is not None:
+            self.agents[event.new] = agent
+            agent.cwd = self.daemon.files.locate(event.new).parent
+        ended = self.ended.pop(event.old, None)
+        if ended is not None:
+            self.ended[event.new] = ended
+
+    async def on_room_deleting(self, event: RoomDeleting) -> None:
+        agent = self.agents.get(event.name)
+        if agent is not None:
+            await agent.shutdown()
+            self._forget(agent)
+        self.ended.pop(event.name, None)
 
     # -- agents -----------------------------------------------------------------------
 
@@ -281,20 +306,6 @@ ROUTES: dict[str, tuple[str, str]] = {
     "inspect": ("POST", "inspect"),
     "input": ("POST", "input"),
 }
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    """The request's JSON object body ({} when it has none)."""
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise RequestError(400, "the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise RequestError(400, "the body must be a JSON object")
-    return body
 
 
 def _code_and_cursor(body: dict[str, Any], action: str) -> tuple[str, int]:
