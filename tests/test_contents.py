@@ -376,3 +376,22 @@ async def test_folders_are_listed_and_created(fast: Daemon, root: Path) -> None:
     for route in ("/api/folders/.git", "/api/folders/..%2Fout", "/api/folders/x.ipynb", "/api/folders/a%00b"):
         assert _call(fast, "POST", route).status_code == 400, route
     assert not (root.parent / "out").exists()
+
+
+async def test_an_upload_never_shows_what_a_gone_file_of_that_name_held(daemon_factory: Any, root: Path) -> None:
+    daemon = daemon_factory("--save-delay", "60", "--save-max-delay", "60")
+    write_notebook(root / "reused.ipynb", ["old"])
+    client = await daemon.connect("reused.ipynb")
+    client.insert_text(client.cell_ids()[0], 0, "unsaved secret ")  # in the log, not in the file
+    await client.roundtrip()
+    await client.close()
+    daemon.kill()
+    (root / "reused.ipynb").unlink()  # removed while the daemon was down: its log stays
+    daemon.restart()
+
+    uploaded = _call(daemon, "PUT", "/api/notebooks/reused.ipynb", content=_notebook_bytes(["new content"]))
+    assert uploaded.status_code == 201
+    fresh = await daemon.connect("reused.ipynb")
+    assert [fresh.source(c) for c in fresh.cell_ids()] == ["new content"]
+    assert "secret" not in json.dumps(daemon.notebook("reused.ipynb"))
+    await fresh.close()
