@@ -31,6 +31,15 @@ class MemoryStore:
     async def append(self, room: str, updates: Sequence[bytes]) -> None:
         self._logs.setdefault(room, []).extend(bytes(u) for u in updates)
 
+    async def append_owned(self, room: str, updates: Sequence[bytes]) -> None:
+        await self.append(room, updates)
+
+    async def seed(self, room: str, update: bytes) -> bool:
+        if self._logs.get(room):
+            return False
+        self._logs[room] = [bytes(update)]
+        return True
+
     async def load(self, room: str) -> list[bytes]:
         return list(self._logs.get(room, []))
 

@@ -174,3 +174,8 @@ export async function kernelAction (path: string, action: 'interrupt' | 'restart
 export async function kernelInfo (path: string): Promise<KernelInfo> {
   return await request<KernelInfo>('GET', `notebooks/${encodePath(path)}/kernel`)
 }
+
+/** Save the notebook to its .ipynb now (needs write): the time of the save, Unix seconds. */
+export async function saveNotebook (path: string): Promise<{ saved_at: number }> {
+  return await request<{ saved_at: number }>('POST', `notebooks/${encodePath(path)}/save`)
+}

@@ -6,16 +6,15 @@
 import * as Y from 'yjs'
 import type { Awareness } from 'y-protocols/awareness'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
-import { EditorState, type Extension } from '@codemirror/state'
+import { Compartment, EditorState, type Extension } from '@codemirror/state'
 import {
-  EditorView, keymap, drawSelection, dropCursor, highlightSpecialChars, placeholder, type KeyBinding
+  EditorView, keymap, dropCursor, highlightSpecialChars, lineNumbers, placeholder, type KeyBinding
 } from '@codemirror/view'
 import { defaultKeymap, indentWithTab } from '@codemirror/commands'
 import { HighlightStyle, syntaxHighlighting, indentOnInput, bracketMatching, indentUnit } from '@codemirror/language'
 import { closeBrackets, closeBracketsKeymap } from '@codemirror/autocomplete'
 import { highlightSelectionMatches } from '@codemirror/search'
 import { python } from '@codemirror/lang-python'
-import { markdown } from '@codemirror/lang-markdown'
 import { tags as t } from '@lezer/highlight'
 
 /** The CSP nonce for CodeMirror's <style> elements, from the page shell. */
@@ -53,8 +52,10 @@ const editorTheme = EditorView.theme({
   '.cm-line': { padding: '0 10px' },
   '.cm-scroller': { fontFamily: 'var(--mono)', lineHeight: '1.45' },
   '.cm-placeholder': { color: '#9aa0a6' },
-  '.cm-selectionBackground': { backgroundColor: '#d7e4f7 !important' },
-  '&.cm-focused .cm-selectionBackground': { backgroundColor: '#b9d2f5 !important' }
+  '.cm-gutters': { backgroundColor: 'transparent', border: 'none', color: '#9aa0a6' },
+  '.cm-lineNumbers .cm-gutterElement': { padding: '0 2px 0 8px', fontSize: '12px' },
+  '.cm-content ::selection': { backgroundColor: '#b9d2f5' },
+  '.cm-content::selection': { backgroundColor: '#b9d2f5' }
 })
 
 export type Language = 'python' | 'markdown' | 'text'
@@ -67,11 +68,28 @@ export interface EditorOptions {
   keys: readonly KeyBinding[]
   onFocus: () => void
   readOnly?: boolean
+  lineNumbers?: boolean
+}
+
+const gutter = new Compartment()
+const markdownLanguage = new Compartment()
+
+// Markdown's language (with the HTML, CSS and JavaScript it embeds: ~180 KB) is loaded when
+// the first markdown cell is edited, not with the page.
+let markdownSupport: Promise<Extension> | null = null
+function loadMarkdown (): Promise<Extension> {
+  markdownSupport ??= import('@codemirror/lang-markdown').then((module) => module.markdown())
+  return markdownSupport
+}
+
+/** Show or hide line numbers in an editor (L in command mode). */
+export function setLineNumbers (view: EditorView, on: boolean): void {
+  view.dispatch({ effects: gutter.reconfigure(on ? lineNumbers() : []) })
 }
 
 function languageExtension (language: Language): Extension {
   if (language === 'python') return python()
-  if (language === 'markdown') return [markdown(), EditorView.lineWrapping]
+  if (language === 'markdown') return [markdownLanguage.of([]), EditorView.lineWrapping]
   return EditorView.lineWrapping
 }
 
@@ -81,8 +99,11 @@ export function createEditor (parent: HTMLElement, options: EditorOptions): Edit
   const extensions: Extension[] = [
     EditorView.cspNonce.of(cspNonce()),
     keymap.of([...options.keys]),
+    gutter.of(options.lineNumbers ? lineNumbers() : []),
     highlightSpecialChars(),
-    drawSelection(),
+    // No drawSelection(): the browser's own caret and selection. Drawing them costs a layout
+    // measurement on every keystroke (about 3 ms of the time to the next frame, see
+    // bench/README.md); what is lost is extra cursors of a multiple selection.
     dropCursor(),
     indentOnInput(),
     indentUnit.of('    '),
@@ -103,8 +124,15 @@ export function createEditor (parent: HTMLElement, options: EditorOptions): Edit
     }),
     EditorView.contentAttributes.of({ 'aria-label': `${options.language} cell editor` })
   ]
-  return new EditorView({
+  const view = new EditorView({
     parent,
     state: EditorState.create({ doc: options.ytext.toString(), extensions })
   })
+  if (options.language === 'markdown') {
+    void loadMarkdown().then((support) => {
+      // the editor may be gone by then (a cell rendered again, deleted)
+      if (view.dom.isConnected || view.dom.parentElement) view.dispatch({ effects: markdownLanguage.reconfigure(support) })
+    })
+  }
+  return view
 }

@@ -9,7 +9,7 @@ import * as Y from 'yjs'
 import { ApiError, kernelInfo, type KernelInfo } from './api'
 import { h } from './ui'
 
-export type KernelDisplay = 'starting' | 'idle' | 'busy' | 'dead' | 'none' | 'unavailable' | 'unknown'
+export type KernelDisplay = 'starting' | 'idle' | 'busy' | 'dead' | 'none' | 'unavailable' | 'unknown' | 'offline'
 
 const LABELS: Record<KernelDisplay, string> = {
   starting: 'Kernel starting',
@@ -18,7 +18,8 @@ const LABELS: Record<KernelDisplay, string> = {
   dead: 'Kernel dead',
   none: 'Kernel not started',
   unavailable: 'No kernel API',
-  unknown: 'Kernel …'
+  unknown: 'Kernel …',
+  offline: 'Kernel unknown (disconnected)'
 }
 
 function statusFromState (value: unknown): KernelDisplay | null {
@@ -30,6 +31,8 @@ function statusFromState (value: unknown): KernelDisplay | null {
 export class KernelMonitor {
   readonly element: HTMLElement
   private status: KernelDisplay = 'unknown'
+  /** while the page is not connected, the last status it saw says nothing about now */
+  private connected: boolean | null = null
   private available = true
   private timer = 0
   private inflight = false
@@ -59,8 +62,17 @@ export class KernelMonitor {
     return this.available
   }
 
+  /** The connection to the server went up (synced) or down. */
+  setConnected (connected: boolean): void {
+    if (connected === this.connected) return
+    this.connected = connected
+    if (connected) this.fromDoc()
+    else this.render()
+  }
+
   /** Call once the document has synced. */
   start (): void {
+    this.connected = true
     this.fromDoc()
     void this.refresh()
   }
@@ -83,7 +95,9 @@ export class KernelMonitor {
       this.status = status
       this.render()
     }
-    void this.refresh()
+    // the doc says the status; the API is asked only to settle cells sent from this page (a
+    // run of all cells flips busy/idle hundreds of times: no request for each)
+    if (this.localPending.size > 0 || !status) void this.refresh()
   }
 
   async refresh (): Promise<void> {
@@ -126,8 +140,9 @@ export class KernelMonitor {
   }
 
   private render (): void {
-    this.element.textContent = LABELS[this.status]
-    this.element.dataset.status = this.status
+    const shown: KernelDisplay = this.connected === false && this.status !== 'unavailable' ? 'offline' : this.status
+    this.element.textContent = LABELS[shown]
+    this.element.dataset.status = shown
   }
 
   destroy (): void {

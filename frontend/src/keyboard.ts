@@ -2,10 +2,13 @@
 //
 // Edit mode (a cell editor has focus): Shift+Enter run and go to the next cell, Ctrl/Cmd+Enter
 // run in place, Alt+Enter run and insert below, Esc command mode, Up/Down at the first/last
-// line move to the previous/next cell.
-// Command mode (no editor focused): Enter edit, j/k or Down/Up select, a/b insert above/below,
-// d d delete, m/y/r markdown/code/raw, z / Shift+Z undo/redo cell operations, i i interrupt,
-// 0 0 restart, Shift+Enter / Ctrl+Enter run.
+// line move to the previous/next cell, Ctrl+Shift+- split the cell at the cursor.
+// Command mode (no editor focused): Enter edit, j/k or Down/Up select, Shift+Up/Down extend the
+// selection, a/b insert above/below, d d delete, m/y/r markdown/code/raw, c/x/v/Shift+V copy,
+// cut, paste below/above, Shift+M merge, o toggle outputs, Shift+O scroll outputs, l / Shift+L
+// line numbers (cell / all), h help, z / Shift+Z undo/redo cell operations, i i interrupt,
+// 0 0 restart, Shift+J/K move, Shift+Enter / Ctrl+Enter run, Ctrl+A select all.
+// Everywhere: Ctrl/Cmd+S saves now (never the browser's "Save page" dialog).
 import type { EditorView, KeyBinding } from '@codemirror/view'
 
 export type RunMode = 'advance' | 'stay' | 'insert'
@@ -17,15 +20,62 @@ export interface KeyActions {
   editMode: () => void
   /** select the cell `delta` away; with `edit`, put the caret at its start/end */
   selectRelative: (delta: number, edit?: 'start' | 'end') => boolean
+  extendSelection: (delta: number) => void
+  selectAll: () => void
   insert: (where: 'above' | 'below') => void
-  deleteActive: () => void
+  deleteSelected: () => void
   changeType: (type: CellType) => void
-  move: (delta: number) => void
+  move: (delta: -1 | 1) => void
+  copyCells: () => void
+  cutCells: () => void
+  pasteCells: (where: 'above' | 'below') => void
+  mergeCells: () => void
+  splitCell: () => void
+  toggleOutputs: () => void
+  toggleOutputScrolling: () => void
+  toggleLineNumbers: (all: boolean) => void
+  showHelp: () => void
+  save: () => void
   undoCells: () => void
   redoCells: () => void
   interrupt: () => void
   restart: () => void
 }
+
+/** The shortcuts as the help dialog (H) lists them. */
+export const SHORTCUTS: Array<[string, Array<[string, string]>]> = [
+  ['Both modes', [
+    ['Shift+Enter', 'run the cell(s), select the next'],
+    ['Ctrl+Enter', 'run the cell(s)'],
+    ['Alt+Enter', 'run, insert a cell below'],
+    ['Ctrl+S', 'save now']
+  ]],
+  ['Edit mode', [
+    ['Esc', 'command mode'],
+    ['Up / Down', 'at the first/last line: previous/next cell'],
+    ['Ctrl+Shift+-', 'split the cell at the cursor'],
+    ['Ctrl+Z / Ctrl+Shift+Z', 'undo/redo my typing']
+  ]],
+  ['Command mode', [
+    ['Enter', 'edit the cell'],
+    ['Up / Down, k / j', 'select the previous/next cell'],
+    ['Shift+Up / Shift+Down', 'extend the selection (or Shift+click)'],
+    ['Ctrl+A', 'select all cells'],
+    ['a / b', 'insert a cell above/below'],
+    ['c / x', 'copy/cut the selected cells'],
+    ['v / Shift+V', 'paste cells below/above'],
+    ['d d', 'delete the selected cells'],
+    ['Shift+M', 'merge the selected cells (or with the cell below)'],
+    ['Shift+K / Shift+J', 'move the selected cells up/down'],
+    ['m / y / r', 'markdown / code / raw'],
+    ['o / Shift+O', 'hide/show outputs; scroll long outputs or show them whole'],
+    ['l / Shift+L', 'line numbers in the cell / in every cell'],
+    ['z / Shift+Z', 'undo/redo my cell operations'],
+    ['i i', 'interrupt the kernel'],
+    ['0 0', 'restart the kernel (asks first)'],
+    ['h', 'this help']
+  ]]
+]
 
 function atFirstVisualLine (view: EditorView): boolean {
   const sel = view.state.selection.main
@@ -50,11 +100,14 @@ function atLastVisualLine (view: EditorView): boolean {
 
 /** Bindings installed in every cell editor, ahead of CodeMirror's defaults. */
 export function editorKeys (actions: KeyActions): KeyBinding[] {
+  const split = (): boolean => { actions.splitCell(); return true }
   return [
     { key: 'Shift-Enter', run: () => { actions.run('advance'); return true } },
     { key: 'Mod-Enter', run: () => { actions.run('stay'); return true } },
     { key: 'Alt-Enter', run: () => { actions.run('insert'); return true } },
     { key: 'Escape', run: () => { actions.commandMode(); return true } },
+    { key: 'Mod-Shift--', run: split },
+    { key: 'Mod-_', run: split },
     {
       key: 'ArrowUp',
       run: (view) => atFirstVisualLine(view) && actions.selectRelative(-1, 'end')
@@ -73,7 +126,13 @@ function isTextInput (target: EventTarget | null): boolean {
   return tag === 'INPUT' || tag === 'TEXTAREA' || tag === 'SELECT' || tag === 'BUTTON' || tag === 'A' || target.isContentEditable
 }
 
-/** Command-mode keys on the document; returns a function that removes the listener. */
+/** Whether keys typed now belong to the page's command mode (no editor, field or dialog has them). */
+export function commandModeTarget (target: EventTarget | null): boolean {
+  if (isTextInput(target)) return false
+  return !(target instanceof Element && target.closest('.dialog'))
+}
+
+/** Command-mode keys on the document; returns a function that removes the listeners. */
 export function installCommandKeys (actions: KeyActions): () => void {
   let pending: { key: string, at: number } | null = null
   const twice = (key: string): boolean => {
@@ -86,8 +145,17 @@ export function installCommandKeys (actions: KeyActions): () => void {
     return false
   }
 
+  // Ctrl/Cmd+S anywhere, editors included: capture phase, before CodeMirror sees it.
+  const saveHandler = (event: KeyboardEvent): void => {
+    if ((event.ctrlKey || event.metaKey) && !event.altKey && (event.key === 's' || event.key === 'S')) {
+      event.preventDefault()
+      event.stopPropagation()
+      if (!event.repeat) actions.save()
+    }
+  }
+
   const handler = (event: KeyboardEvent): void => {
-    if (event.defaultPrevented || isTextInput(event.target)) return
+    if (event.defaultPrevented || !commandModeTarget(event.target)) return
     if (event.isComposing) return
     const key = event.key
     const mod = event.ctrlKey || event.metaKey
@@ -97,8 +165,14 @@ export function installCommandKeys (actions: KeyActions): () => void {
       else if (mod) actions.run('stay')
       else if (event.altKey) actions.run('insert')
       else actions.editMode()
+    } else if (mod && !event.altKey && !event.shiftKey && (key === 'a' || key === 'A')) {
+      actions.selectAll()
     } else if (mod || event.altKey) {
-      handled = false
+      handled = false // Ctrl+C/X/V arrive as copy/cut/paste events
+    } else if (event.shiftKey && key === 'ArrowDown') {
+      actions.extendSelection(1)
+    } else if (event.shiftKey && key === 'ArrowUp') {
+      actions.extendSelection(-1)
     } else if (key === 'ArrowDown' || key === 'j') {
       actions.selectRelative(1)
     } else if (key === 'ArrowUp' || key === 'k') {
@@ -108,13 +182,33 @@ export function installCommandKeys (actions: KeyActions): () => void {
     } else if (key === 'b') {
       actions.insert('below')
     } else if (key === 'd') {
-      if (twice('d')) actions.deleteActive()
+      if (twice('d')) actions.deleteSelected()
     } else if (key === 'm') {
       actions.changeType('markdown')
     } else if (key === 'y') {
       actions.changeType('code')
     } else if (key === 'r') {
       actions.changeType('raw')
+    } else if (key === 'c') {
+      actions.copyCells()
+    } else if (key === 'x') {
+      actions.cutCells()
+    } else if (key === 'v') {
+      actions.pasteCells('below')
+    } else if (key === 'V') {
+      actions.pasteCells('above')
+    } else if (key === 'M') {
+      actions.mergeCells()
+    } else if (key === 'o') {
+      actions.toggleOutputs()
+    } else if (key === 'O') {
+      actions.toggleOutputScrolling()
+    } else if (key === 'l') {
+      actions.toggleLineNumbers(false)
+    } else if (key === 'L') {
+      actions.toggleLineNumbers(true)
+    } else if (key === 'h' || key === 'H') {
+      actions.showHelp()
     } else if (key === 'z') {
       actions.undoCells()
     } else if (key === 'Z') {
@@ -133,6 +227,10 @@ export function installCommandKeys (actions: KeyActions): () => void {
     if (handled) event.preventDefault()
     if (key !== 'd' && key !== 'i' && key !== '0') pending = null
   }
+  document.addEventListener('keydown', saveHandler, true)
   document.addEventListener('keydown', handler)
-  return () => document.removeEventListener('keydown', handler)
+  return () => {
+    document.removeEventListener('keydown', saveHandler, true)
+    document.removeEventListener('keydown', handler)
+  }
 }

@@ -7,7 +7,8 @@
 import * as Y from 'yjs'
 import { AnsiUp } from 'ansi_up'
 import { sanitizeHtml, sanitizeSvg } from './sanitize'
-import { renderMarkdown } from './markdown'
+import { renderLatexInto, renderMarkdownInto } from './markdown'
+import { OutputFrame, needsFrame } from './frame'
 import { h, clear } from './ui'
 
 type OutputItem = Y.Map<unknown> | Record<string, unknown>
@@ -41,17 +42,18 @@ export function ansiToHtml (text: string): string {
   return sanitizeHtml(newAnsi().ansi_to_html(text))
 }
 
-// Most expressive first, as Jupyter chooses. Never application/javascript: the page runs no output code.
+// Most expressive first, as Jupyter chooses. Never application/javascript: the page runs no
+// output code (HTML with scripts runs in a sandboxed frame, see frame.ts).
 const MIME_ORDER = [
   'text/html',
   'text/markdown',
+  'text/latex',
   'image/svg+xml',
   'image/png',
   'image/jpeg',
   'image/gif',
   'image/webp',
   'application/json',
-  'text/latex',
   'text/plain'
 ]
 
@@ -73,8 +75,9 @@ function renderImage (mime: string, value: string, meta: Record<string, unknown>
   return img
 }
 
-/** One mime bundle as an element (the richest type the page can show safely). */
-export function renderMimeBundle (rawData: unknown, rawMeta: unknown): HTMLElement {
+/** One mime bundle as an element (the richest type the page can show safely); an HTML output
+ * with scripts or styles gets a sandboxed frame, handed to `frames` so it can be destroyed. */
+export function renderMimeBundle (rawData: unknown, rawMeta: unknown, frames: OutputFrame[] = []): HTMLElement {
   const data = (plain(rawData) ?? {}) as Record<string, unknown>
   const meta = (plain(rawMeta) ?? {}) as Record<string, unknown>
   const mime = pickMime(data)
@@ -84,13 +87,26 @@ export function renderMimeBundle (rawData: unknown, rawMeta: unknown): HTMLEleme
   const value = data[mime]
   const wrapper = h('div', { class: 'output-mime', 'data-mime': mime })
   switch (mime) {
-    case 'text/html':
-      wrapper.classList.add('output-html')
-      wrapper.innerHTML = sanitizeHtml(textOf(value))
+    case 'text/html': {
+      const html = textOf(value)
+      if (needsFrame(html)) {
+        const frame = new OutputFrame(html)
+        frames.push(frame)
+        wrapper.classList.add('output-rich')
+        wrapper.append(frame.element)
+      } else {
+        wrapper.classList.add('output-html')
+        wrapper.innerHTML = sanitizeHtml(html)
+      }
       break
+    }
     case 'text/markdown':
       wrapper.classList.add('output-markdown', 'markdown-body')
-      wrapper.innerHTML = renderMarkdown(textOf(value))
+      renderMarkdownInto(wrapper, textOf(value))
+      break
+    case 'text/latex':
+      wrapper.classList.add('output-latex')
+      renderLatexInto(wrapper, textOf(value))
       break
     case 'image/svg+xml':
       wrapper.classList.add('output-svg')
@@ -102,7 +118,6 @@ export function renderMimeBundle (rawData: unknown, rawMeta: unknown): HTMLEleme
     case 'image/webp':
       wrapper.append(renderImage(mime, textOf(value), meta))
       break
-    case 'text/latex':
     case 'text/plain': {
       const pre = h('pre', { class: 'output-text' })
       pre.innerHTML = ansiToHtml(textOf(value))
@@ -177,6 +192,7 @@ class StreamView {
 class OutputView {
   readonly element: HTMLElement
   private stream: StreamView | null = null
+  private frames: OutputFrame[] = []
   private readonly onKeys = (event: Y.YMapEvent<unknown>): void => {
     // A stream whose text grew is handled by StreamView; only key changes land here.
     if (event.target === this.item) this.render()
@@ -195,6 +211,8 @@ class OutputView {
   private render (): void {
     this.stream?.unbind()
     this.stream = null
+    for (const frame of this.frames) frame.destroy()
+    this.frames = []
     clear(this.element)
     const type = String(field(this.item, 'output_type') ?? '')
     this.element.dataset.outputType = type
@@ -218,7 +236,7 @@ class OutputView {
       }
       case 'execute_result':
       case 'display_data':
-        this.element.append(renderMimeBundle(field(this.item, 'data'), field(this.item, 'metadata')))
+        this.element.append(renderMimeBundle(field(this.item, 'data'), field(this.item, 'metadata'), this.frames))
         break
       default:
         this.element.append(h('pre', { class: 'output-text output-unsupported' }, `[unknown output type ${type || '?'}]`))
@@ -227,21 +245,28 @@ class OutputView {
 
   destroy (): void {
     this.stream?.unbind()
+    for (const frame of this.frames) frame.destroy()
     if (this.item instanceof Y.Map) this.item.unobserve(this.onKeys)
     this.element.remove()
   }
 }
 
-/** All outputs of one cell, following the cell's `outputs` Y.Array. */
+/** All outputs of one cell, following the cell's `outputs` Y.Array. Nothing is rendered until
+ * the cell is shown (`show()`): a cell far off screen only notes that its outputs changed. */
 export class OutputArea {
   readonly element: HTMLElement
   private source: Y.Array<OutputItem> | null = null
   private views = new Map<OutputItem, OutputView>()
-  private readonly onChange = (): void => this.render()
+  private shown = false
+  private readonly onChange = (): void => {
+    if (this.shown) this.render()
+    this.onRender?.()
+  }
+
   onRender: (() => void) | null = null
 
   constructor () {
-    this.element = h('div', { class: 'outputs' })
+    this.element = h('div', { class: 'outputs empty' })
   }
 
   bind (outputs: unknown): void {
@@ -251,6 +276,14 @@ export class OutputArea {
       this.source = outputs as Y.Array<OutputItem>
       this.source.observe(this.onChange)
     }
+    if (this.shown) this.render()
+    this.onRender?.()
+  }
+
+  /** Render now and follow every change from here on. */
+  show (): void {
+    if (this.shown) return
+    this.shown = true
     this.render()
   }
 
@@ -278,12 +311,14 @@ export class OutputArea {
       else cursor = cursor.nextSibling
     }
     this.element.classList.toggle('empty', items.length === 0)
-    this.onRender?.()
+  }
+
+  get count (): number {
+    return this.source ? this.source.length : 0
   }
 
   get hasExecuteResult (): boolean {
-    for (const view of this.views.values()) if (view.isExecuteResult) return true
-    return false
+    return this.items().some((item) => field(item, 'output_type') === 'execute_result')
   }
 
   private unbind (): void {
@@ -291,6 +326,7 @@ export class OutputArea {
     this.source = null
     for (const view of this.views.values()) view.destroy()
     this.views.clear()
+    this.element.classList.add('empty')
   }
 
   destroy (): void {

@@ -8,7 +8,7 @@ import { h, clear } from './ui'
 const NAME_KEY = 'crdtnb-user-name'
 const COLOR_KEY = 'crdtnb-user-color'
 
-export const PALETTE = ['#d32f2f', '#1976d2', '#388e3c', '#f57c00', '#7b1fa2', '#00838f', '#c2185b', '#5d4037', '#455a64', '#afb42b']
+export const PALETTE = ['#d32f2f', '#1976d2', '#388e3c', '#f57c00', '#7b1fa2', '#00838f', '#c2185b', '#5d4037', '#455a64', '#827717', '#303f9f', '#00695c']
 
 export interface UserInfo {
   name: string
@@ -69,6 +69,7 @@ export class Presence {
   readonly nameInput: HTMLInputElement
   private user: UserInfo
   private listeners: Array<(peers: Peer[]) => void> = []
+  private renderedKey: string | null = null
 
   constructor (private readonly awareness: Awareness, accountName?: string | null) {
     this.user = localUser(accountName)
@@ -92,8 +93,35 @@ export class Presence {
       event.stopPropagation()
     })
     this.element = h('div', { class: 'presence', 'aria-label': 'Who is here' })
-    awareness.on('change', () => this.render())
+    awareness.on('change', () => {
+      this.avoidSameColour()
+      this.render()
+    })
     this.render()
+  }
+
+  /**
+   * Two people in one colour cannot be told apart. Colours are picked at random and kept per
+   * browser, so they collide: of two peers with one colour, the one with the higher client id
+   * (both pages agree which) takes the first colour nobody here uses, for this session.
+   */
+  private avoidSameColour (): void {
+    const mine = this.awareness.clientID
+    const used = new Set<string>()
+    let clash = false
+    this.awareness.getStates().forEach((state, clientId) => {
+      if (clientId === mine) return
+      const color = safeColor(state?.user?.color, '').toLowerCase()
+      if (!color) return
+      used.add(color)
+      if (color === this.user.color.toLowerCase() && clientId < mine) clash = true
+    })
+    if (!clash) return
+    const free = PALETTE.find((color) => !used.has(color.toLowerCase()))
+    if (!free) return // more people than colours
+    this.user = { ...this.user, color: free, colorLight: free + '33' }
+    this.nameInput.style.borderLeftColor = free
+    this.awareness.setLocalStateField('user', this.user)
   }
 
   get me (): UserInfo {
@@ -138,6 +166,10 @@ export class Presence {
 
   private render (): void {
     const peers = this.peers()
+    // awareness changes with every caret move: rebuild only when who is here, or where, changed
+    const key = peers.map((p) => `${p.clientId}\u0000${p.user.name}\u0000${p.user.color}\u0000${p.cell ?? ''}`).join('\u0001')
+    if (key === this.renderedKey) return
+    this.renderedKey = key
     clear(this.element)
     for (const peer of peers) {
       const label = peer.self ? `${peer.user.name} (you)` : peer.user.name

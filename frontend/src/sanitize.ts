@@ -26,6 +26,8 @@ const HTML_CONFIG = {
   // forms could post to the origin; <base> would retarget relative URLs.
   FORBID_TAGS: ['style', 'form', 'base', 'link', 'meta', 'iframe', 'frame', 'object', 'embed', 'input', 'button', 'textarea', 'select'],
   FORBID_ATTR: ['action', 'formaction', 'srcset', 'ping'],
+  // KaTeX's MathML (for screen readers) keeps the TeX source in <semantics><annotation>.
+  ADD_TAGS: ['semantics', 'annotation'],
   ALLOW_DATA_ATTR: false
 }
 

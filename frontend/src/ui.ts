@@ -61,3 +61,48 @@ export function formatTime (epochSeconds: number): string {
   const date = new Date(epochSeconds * 1000)
   return date.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' })
 }
+
+/** A modal dialog; resolves with the button chosen (null: dismissed with Esc or outside). */
+export function dialog (title: string, body: Node | string, buttons: Array<{ label: string, value: string, primary?: boolean, danger?: boolean }>, wide = false): Promise<string | null> {
+  const previous = document.activeElement instanceof HTMLElement ? document.activeElement : null
+  return new Promise((resolve) => {
+    const buttonRow = h('div', { class: 'dialog-buttons' })
+    const box = h('div', { class: wide ? 'dialog dialog-wide' : 'dialog', role: 'dialog', 'aria-modal': 'true', 'aria-label': title, tabindex: -1 },
+      h('h2', { class: 'dialog-title' }, title),
+      typeof body === 'string' ? h('p', { class: 'dialog-body' }, body) : body,
+      buttonRow)
+    const backdrop = h('div', { class: 'overlay dialog-backdrop' }, box)
+    const close = (value: string | null): void => {
+      backdrop.remove()
+      document.removeEventListener('keydown', onKey, true)
+      previous?.focus({ preventScroll: true })
+      resolve(value)
+    }
+    const onKey = (event: KeyboardEvent): void => {
+      if (event.key === 'Escape') {
+        event.preventDefault()
+        event.stopPropagation()
+        close(null)
+      } else if (!box.contains(event.target as Node)) {
+        // keys meant for the dialog never reach the notebook behind it
+        event.stopPropagation()
+      }
+    }
+    let focusTarget: HTMLElement = box
+    for (const spec of buttons) {
+      const button = h('button', { type: 'button', class: `btn dialog-${spec.value}${spec.primary ? ' btn-primary' : ''}${spec.danger ? ' btn-danger' : ''}` }, spec.label)
+      button.addEventListener('click', () => close(spec.value))
+      buttonRow.append(button)
+      if (spec.primary) focusTarget = button
+    }
+    backdrop.addEventListener('mousedown', (event) => { if (event.target === backdrop) close(null) })
+    document.addEventListener('keydown', onKey, true)
+    document.body.append(backdrop)
+    focusTarget.focus()
+  })
+}
+
+/** Ask before something that cannot be undone (a restart). */
+export async function confirmAction (title: string, message: string, action: string): Promise<boolean> {
+  return await dialog(title, message, [{ label: 'Cancel', value: 'cancel' }, { label: action, value: 'ok', primary: true, danger: true }]) === 'ok'
+}

@@ -43,7 +43,9 @@ class RoomAwareness:
         limit = self.limits.max_state_bytes
         new_ids = set()
         for entry in entries:
-            if len(entry.state) > limit and len(entry.state.encode("utf-8")) > limit:
+            # Characters never outnumber UTF-8 bytes: encode only when the count of
+            # characters alone does not already break the limit.
+            if len(entry.state) > limit or len(entry.state.encode("utf-8")) > limit:
                 raise PolicyViolation(f"presence state larger than {limit} bytes")
             if entry.state != NULL_STATE and self._owners.get(entry.client_id) is not owner:
                 new_ids.add(entry.client_id)
@@ -109,5 +111,5 @@ class RoomAwareness:
 
     @property
     def size(self) -> tuple[int, int]:
-        """(client ids remembered, bytes of state held): what presence costs this room."""
-        return len(self._clocks), sum(len(s) for s in self._states.values())
+        """(client ids remembered, UTF-8 bytes of state held): what presence costs this room."""
+        return len(self._clocks), sum(len(s.encode("utf-8")) for s in self._states.values())

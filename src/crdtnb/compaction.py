@@ -11,6 +11,7 @@ import math
 import time
 
 from .extensions import ChangesDurable, DaemonStarted, Extension, RoomRenamed, RoomUnloading
+from .ownership import LocalOwnership, Ownership
 from .store import Store
 
 logger = logging.getLogger("crdtnb.compaction")
@@ -20,17 +21,19 @@ class Compaction(Extension):
     def __init__(self, min_interval: float = 10.0) -> None:
         self.min_interval = min_interval
         self.store: Store | None = None
+        self.ownership: Ownership = LocalOwnership()
         self.compactions = 0  # done, for metrics
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last: dict[str, float] = {}
 
     async def on_daemon_started(self, event: DaemonStarted) -> None:
         self.store = event.daemon.store
+        self.ownership = event.daemon.ownership
 
     def on_changes_durable(self, event: ChangesDurable) -> None:
-        if self.store is None:
-            return
         name = event.room.name
+        if self.store is None or not self.ownership.owns(name):
+            return  # only the room's owner compacts its log
         running = self._tasks.get(name)
         if running is not None and not running.done():
             return

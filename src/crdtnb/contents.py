@@ -89,22 +89,29 @@ class Contents(Extension):
                 raise NotebookNotFound(f"no notebook at {old}")
             if rooms.get(new) is not None or await asyncio.to_thread(files.stat, new) is not None:
                 raise FileExistsError(f"{new} already exists")
-            async with self._file_paused(old):
-                # The room takes the new name and its log is renamed in the same step:
-                # every update stored before goes to the old name, every one after to the new.
-                room = rooms.rename(old, new)
-                try:
-                    await store.rename_room(old, new)
-                except BaseException:
-                    rooms.rename(new, old)
-                    raise
-                try:
-                    await asyncio.to_thread(files.rename, old, new)
-                except BaseException:
-                    rooms.rename(new, old)
-                    await store.rename_room(new, old)
-                    raise
-                await daemon.hooks.run("on_room_renamed", RoomRenamed(old, new, room))
+            # This daemon owns both names while the notebook moves (in a cluster, the
+            # room's owner does the move).
+            async with self._owning(old), self._owning(new, keep=True):
+                async with self._file_paused(old):
+                    # The room takes the new name and its log is renamed in the same step:
+                    # every update stored before goes to the old name, every one after to the new.
+                    room = rooms.rename(old, new)
+                    try:
+                        await store.rename_room(old, new)
+                    except BaseException:
+                        rooms.rename(new, old)
+                        raise
+                    try:
+                        await asyncio.to_thread(files.rename, old, new)
+                    except BaseException:
+                        rooms.rename(new, old)
+                        await store.rename_room(new, old)
+                        raise
+                    await daemon.hooks.run("on_room_renamed", RoomRenamed(old, new, room))
+            if room is None:
+                await daemon.ownership.release(new)  # nothing open to own under the new name
+            if daemon.ownership.owns(old):
+                await daemon.ownership.release(old)  # no room has that name any more
         logger.info("renamed %s to %s", old, new)
         if room is not None:
             state = state_of(room.doc)
@@ -121,17 +128,18 @@ class Contents(Extension):
             room = rooms.get(name)
             if room is None and await asyncio.to_thread(files.stat, name) is None:
                 raise NotebookNotFound(f"no notebook at {name}")
-            await daemon.hooks.run("on_room_deleting", RoomDeleting(name, room))
-            if room is not None:
-                room.disconnect(CloseCode.NOT_FOUND, f"{name} was deleted")
-                await rooms.unload(name)
-            try:
-                await asyncio.to_thread(files.delete, name)
-            except NotebookNotFound:
-                pass  # only its room was left
-            except OSError as exc:
-                raise RequestError(409, f"{name} could not be deleted: {exc.strerror or exc}") from None
-            await daemon.store.delete_room(name)
+            async with self._owning(name):
+                await daemon.hooks.run("on_room_deleting", RoomDeleting(name, room))
+                if room is not None:
+                    room.disconnect(CloseCode.NOT_FOUND, f"{name} was deleted")
+                    await rooms.unload(name)
+                try:
+                    await asyncio.to_thread(files.delete, name)
+                except NotebookNotFound:
+                    pass  # only its room was left
+                except OSError as exc:
+                    raise RequestError(409, f"{name} could not be deleted: {exc.strerror or exc}") from None
+                await daemon.store.delete_room(name)
         logger.info("deleted %s", name)
 
     async def create(self, name: str, nb: dict[str, Any], overwrite: bool = False) -> bool:
@@ -164,6 +172,23 @@ class Contents(Extension):
         async with self.daemon.rooms.hold(name) as room:
             await room.index.warm()
             return room.index.export()
+
+    @asynccontextmanager
+    async def _owning(self, name: str, keep: bool = False) -> AsyncIterator[None]:
+        """Own ``name`` for the block (409 if another daemon does); given up after it
+        unless it was owned before or ``keep``."""
+        ownership = self.daemon.ownership
+        owned = ownership.owns(name)
+        if not owned and not await ownership.claim(name):
+            raise RequestError(409, f"{name} is in use on another server: try again there")
+        try:
+            yield
+        except BaseException:
+            if not owned:
+                await ownership.release(name)
+            raise
+        if not owned and not keep and ownership.owns(name):
+            await ownership.release(name)
 
     @asynccontextmanager
     async def _file_paused(self, name: str) -> AsyncIterator[None]:

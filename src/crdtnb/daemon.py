@@ -11,6 +11,7 @@ from typing import TypeVar
 from .extensions import DaemonStarted, DaemonStopping, Hooks
 from .fanout import Fanout
 from .files import NotebookFiles
+from .ownership import LocalOwnership, Ownership
 from .rooms import RoomManager
 from .settings import Settings
 from .stats import TrafficStats
@@ -28,6 +29,7 @@ class Daemon:
         *,
         store: Store | None = None,
         fanout: Fanout | None = None,
+        ownership: Ownership | None = None,
         extensions: Iterable[object] = (),
     ) -> None:
         self.settings = settings
@@ -37,7 +39,8 @@ class Daemon:
             self.state_dir / "crdtnb.sqlite3", compact_threshold_rows=settings.rooms.compact_after
         )
         self.hooks = Hooks(extensions)
-        self.rooms = RoomManager(self.files, self.store, settings.rooms, fanout, self.hooks)
+        self.ownership: Ownership = ownership or LocalOwnership()
+        self.rooms = RoomManager(self.files, self.store, settings.rooms, fanout, self.hooks, self.ownership)
         self.stats = TrafficStats()  # the websocket traffic, for metrics
         self.started = False
 

@@ -9,17 +9,20 @@ and merging from the .ipynb (filesync.py), log compaction (compaction.py) and ke
 (kernel.py). Metrics (metrics.py) is one the host may add.
 
 **Call order.** Hooks run in registration order, except those that take things down
-(``on_daemon_stopping``, ``on_room_unloading``, ``on_room_unloaded``), which run in
-reverse order, as nested context managers unwind: the extension set up first is torn
+(``on_daemon_stopping``, ``on_room_disowned``, ``on_room_unloading``,
+``on_room_unloaded``), which run in reverse order, as nested context managers unwind: the extension set up first is torn
 down last.
 
 **Two kinds of hooks.**
 
 - *Lifecycle* hooks are awaited, one extension after the other, before the daemon goes
   on: ``on_daemon_started``, ``on_daemon_stopping``, ``on_room_loading``,
-  ``on_room_loaded``, ``on_room_unloading``, ``on_room_unloaded``, ``on_room_renamed``
-  (a notebook was moved: its room, log and kernel keep going under the new name) and
-  ``on_room_deleting`` (a notebook is being deleted: drop its state unsaved). An exception in
+  ``on_room_loaded``, ``on_room_owned``, ``on_room_disowned``, ``on_room_unloading``,
+  ``on_room_unloaded``, ``on_room_renamed`` (a notebook was moved: its room, log and
+  kernel keep going under the new name) and ``on_room_deleting`` (a notebook is being
+  deleted: drop its state unsaved). A room is *owned* by exactly one daemon (always this
+  one, unless in a cluster): the owner alone runs its kernel, saves its file and compacts
+  its log. An exception in
   ``on_room_loading`` refuses the room (a room is never served half-loaded); in the
   others it is logged and the next extension runs.
 - *Notifications* report what happened: ``on_peer_joined``, ``on_peer_left``,
@@ -87,6 +90,23 @@ class RoomLoading:
 @dataclass(frozen=True)
 class RoomLoaded:
     room: Room
+
+
+@dataclass(frozen=True)
+class RoomOwned:
+    """This daemon now owns the room: it alone runs its kernel, saves its file and
+    compacts its log (always, on a single daemon; in a cluster, while it holds the lease)."""
+
+    room: Room
+
+
+@dataclass(frozen=True)
+class RoomDisowned:
+    """This daemon no longer owns the room (its lease lapsed or was handed over): stop the
+    owner's work at once, writing nothing (another daemon does it now)."""
+
+    room: Room
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -226,6 +246,8 @@ class Extension:
     async def on_daemon_stopping(self, event: DaemonStopping) -> None: ...
     async def on_room_loading(self, event: RoomLoading) -> None: ...
     async def on_room_loaded(self, event: RoomLoaded) -> None: ...
+    async def on_room_owned(self, event: RoomOwned) -> None: ...
+    async def on_room_disowned(self, event: RoomDisowned) -> None: ...
     async def on_room_unloading(self, event: RoomUnloading) -> None: ...
     async def on_room_unloaded(self, event: RoomUnloaded) -> None: ...
     async def on_room_renamed(self, event: RoomRenamed) -> None: ...
@@ -245,6 +267,8 @@ LIFECYCLE = (
     "on_daemon_stopping",
     "on_room_loading",
     "on_room_loaded",
+    "on_room_owned",
+    "on_room_disowned",
     "on_room_unloading",
     "on_room_unloaded",
     "on_room_renamed",
@@ -260,7 +284,7 @@ NOTIFICATIONS = (
     "on_execution_started",
     "on_execution_finished",
 )
-TEARDOWN = frozenset({"on_daemon_stopping", "on_room_unloading", "on_room_unloaded"})
+TEARDOWN = frozenset({"on_daemon_stopping", "on_room_disowned", "on_room_unloading", "on_room_unloaded"})
 _BASE_HOOKS = {name: getattr(Extension, name) for name in (*LIFECYCLE, *NOTIFICATIONS)}
 
 Handler = Callable[[Any], Any]
@@ -414,8 +438,10 @@ __all__ = [
     "PeerJoined",
     "PeerLeft",
     "RoomDeleting",
+    "RoomDisowned",
     "RoomLoaded",
     "RoomLoading",
+    "RoomOwned",
     "RoomRenamed",
     "RoomUnloaded",
     "RoomUnloading",

@@ -17,6 +17,9 @@ class Peer(Protocol):
     def send(self, message: bytes) -> None:
         """Queue a message without blocking (a slow peer drops itself)."""
 
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection after what is queued (with a websocket close code)."""
+
 
 @runtime_checkable
 class ClosablePeer(Peer, Protocol):

@@ -42,8 +42,9 @@ from .extensions import (
     FileMerged,
     FileSaved,
     RoomDeleting,
-    RoomLoaded,
+    RoomDisowned,
     RoomLoading,
+    RoomOwned,
     RoomRenamed,
     RoomUnloading,
 )
@@ -134,25 +135,21 @@ class FileSync:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"filesync:{self.room.name}")
 
-    async def close(self) -> None:
-        """Stop, saving unsaved changes first."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        await self.room.flushed()
-        if self._dirty_since is not None:
-            await self.save()
-
     async def stop(self) -> None:
-        """Stop without saving (the notebook is being deleted). A save under way is
-        let finish first: its write runs on a thread that no cancel would stop."""
+        """Stop polling and saving (nothing more is written). A save under way is let
+        finish first: its write runs on a thread that no cancel would stop."""
         async with self._lock:
             if self._task is not None:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
                 self._task = None
-            self._dirty_since = None
+
+    async def close(self) -> None:
+        """Stop, saving unsaved changes first."""
+        await self.stop()
+        await self.room.flushed()
+        if self._dirty_since is not None:
+            await self.save()
 
     @asynccontextmanager
     async def paused(self) -> AsyncIterator[None]:
@@ -344,7 +341,6 @@ class FileSyncExtension(Extension):
     def __init__(self, settings: FileSettings | None = None) -> None:
         self.settings = settings or FileSettings()
         self.syncs: dict[str, FileSync] = {}
-        self._read: dict[str, tuple[dict[str, Any], FileStamp]] = {}
         self._files: NotebookFiles | None = None
         self._store: Store | None = None
 
@@ -358,18 +354,27 @@ class FileSyncExtension(Extension):
     async def on_room_loading(self, event: RoomLoading) -> None:
         assert self._files is not None, "the daemon has not started"
         # Raises if the file is gone or invalid: the room is refused.
-        nb, stamp = await asyncio.to_thread(self._files.read, event.name)
+        nb, _ = await asyncio.to_thread(self._files.read, event.name)
         if not event.from_store:
             await asyncio.to_thread(load_notebook, event.doc, nb)
-        self._read[event.name] = (nb, stamp)
 
-    async def on_room_loaded(self, event: RoomLoaded) -> None:
+    async def on_room_owned(self, event: RoomOwned) -> None:
+        """The owner keeps the file: it is read afresh (it may have changed since the
+        room loaded) and merged if it changed since the stored base."""
         assert self._files is not None and self._store is not None
         room = event.room
-        nb, stamp = self._read.pop(room.name)
+        if room.name in self.syncs:
+            return
+        nb, stamp = await asyncio.to_thread(self._files.read, room.name)
         sync = await FileSync.open(room, self._files, self._store, nb, stamp, self.settings)
         sync.start()
         self.syncs[room.name] = sync
+
+    async def on_room_disowned(self, event: RoomDisowned) -> None:
+        """Another daemon keeps the file now: stop, writing nothing."""
+        sync = self.syncs.pop(event.room.name, None)
+        if sync is not None:
+            await sync.stop()
 
     def on_changes_durable(self, event: ChangesDurable) -> None:
         sync = self.syncs.get(event.room.name)

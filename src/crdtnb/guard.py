@@ -74,6 +74,7 @@ class OutputLedger:
 class _CellFindings:
     entry: CellEntry
     inserted: bool = False
+    loading: bool = False  # checked at load: a cell "running" may run on another daemon
     old: dict[str, Any] = field(default_factory=dict)  # changed keys -> old scalar (or a type)
     new_outputs: set[int] = field(default_factory=set)  # positions of outputs the peer added
     tampered_outputs: set[int] = field(default_factory=set)  # outputs the peer changed inside
@@ -138,7 +139,8 @@ class SchemaGuard:
             entry.json_text()  # the first export and the ledger need every cell's
         self.learn_outputs(loading=True)
         for entry in self.index:
-            self._findings(entry).inserted = True
+            found = self._findings(entry)
+            found.inserted = found.loading = True
         self._structure = True
         self._meta = {"nbformat": None, "nbformat_minor": None, "metadata": None}
         return self.repair()
@@ -303,6 +305,10 @@ class SchemaGuard:
         if EXECUTION_STATE in old and not found.inserted:
             previous = old[EXECUTION_STATE]
             ymap[EXECUTION_STATE] = previous if previous in EXECUTION_STATES else "idle"
+        elif found.loading:
+            # Only the owner knows whether a "running" cell still runs (kernel/extension.py).
+            if state not in EXECUTION_STATES:
+                ymap[EXECUTION_STATE] = "idle"
         elif retyped or state not in EXECUTION_STATES or (state == "running" and not running):
             if state != "idle" and not running:
                 ymap[EXECUTION_STATE] = "idle"

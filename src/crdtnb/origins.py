@@ -45,3 +45,6 @@ FILE = ServerOrigin("file")
 REPAIR = ServerOrigin("schema repair")
 SERVER = ServerOrigin("server")
 SERVER_ORIGINS = (KERNEL, FILE, REPAIR, SERVER)
+# Changes only the room's owner makes: in a cluster, stored only while it holds the lease.
+# (Repairs are not among them: they answer a peer's update, wherever it arrived.)
+OWNER_WORK = (KERNEL, FILE)

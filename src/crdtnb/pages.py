@@ -14,8 +14,18 @@ Every page response carries a strict Content-Security-Policy:
   remote carets with them and ansi_up uses them for 256-colour text). Style attributes
   cannot load anything: ``img-src``/``font-src`` stay closed to other origins;
 - ``connect-src 'self'`` plus the page's own ``ws://``/``wss://`` origin;
-- ``img-src 'self' data: blob:`` (outputs are data: URLs), ``object-src 'none'``,
+- ``img-src 'self' data: blob:`` (outputs are data: URLs), ``font-src 'self'`` (KaTeX's
+  fonts), ``frame-src 'self'`` (the output frame below), ``object-src 'none'``,
   ``base-uri 'none'``, ``frame-ancestors 'none'``, ``form-action 'self'``.
+
+``/output-frame`` is the document of the sandboxed frame in which an HTML output that carries
+``<style>`` or ``<script>`` runs (pandas Styler, plotly, altair, bokeh). The page embeds it with
+``sandbox="allow-scripts"`` and no ``allow-same-origin``: the frame's origin is opaque, so its
+scripts cannot touch the page, its cookies, its storage or its token, and requests they make
+carry no credentials. Its own CSP lets the output's inline and https: scripts and styles run
+(what those libraries need), sends nothing to plain http: hosts (the daemon included unless
+it is served over https, where the opaque origin still keeps cookies and tokens out), and
+allows it to be framed by the daemon's own pages only.
 
 Add them to an app with ``app.router.routes.extend(page_routes())`` or, in
 ``NotebookSync.routes``, ``*page_routes()``.
@@ -34,7 +44,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
-__all__ = ["STATIC_DIR", "content_security_policy", "page_routes"]
+__all__ = ["STATIC_DIR", "content_security_policy", "output_frame_policy", "page_routes"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -62,7 +72,8 @@ def content_security_policy(nonce: str, host: str | None = None) -> str:
         f"style-src-elem 'self' 'nonce-{nonce}'",
         "style-src-attr 'unsafe-inline'",
         "img-src 'self' data: blob:",
-        "font-src 'self' data:",
+        "font-src 'self'",
+        "frame-src 'self'",
         f"connect-src {' '.join(connect)}",
         "manifest-src 'self'",
         "object-src 'none'",
@@ -71,6 +82,78 @@ def content_security_policy(nonce: str, host: str | None = None) -> str:
         "form-action 'self'",
     ]
     return "; ".join(directives)
+
+
+# The output frame's document: it waits for the page to post an output's HTML, writes it as
+# the whole document (so its scripts run in order, as in a page of their own), then reports
+# its height whenever it changes.
+_FRAME = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>output</title>
+<script>
+(function () {
+  var parentWindow = window.parent;
+  // the page's look for what outputs leave unstyled (a DataFrame's table); a wide output
+  // scrolls sideways inside the frame, whose height follows its content
+  var STYLE = '<style>html,body{margin:0;padding:0;background:transparent;color:#1f2328;' +
+    'font:13px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif}' +
+    'html{overflow:hidden}body{padding:2px 0;overflow-x:auto;overflow-y:hidden}' +
+    'table{border-collapse:collapse;margin:4px 0}th,td{border:1px solid #e2e5e9;padding:3px 10px;text-align:right}' +
+    'thead th{background:#f4f6f8}tbody tr:nth-child(even){background:#fafbfc}</style>';
+  function report() {
+    var last = -1;
+    function post() {
+      var root = document.documentElement;
+      var height = Math.max(root ? root.scrollHeight : 0, document.body ? document.body.scrollHeight : 0);
+      if (height !== last) {
+        last = height;
+        parentWindow.postMessage({ type: 'crdtnb-frame-size', height: height }, '*');
+      }
+    }
+    var observer = new ResizeObserver(post);
+    if (document.documentElement) observer.observe(document.documentElement);
+    if (document.body) observer.observe(document.body);
+    window.addEventListener('load', post);
+    post();
+  }
+  function onMessage(event) {
+    if (event.source !== parentWindow || !event.data || event.data.type !== 'crdtnb-render') return;
+    window.removeEventListener('message', onMessage);
+    document.open();
+    document.write('<!doctype html><html><head><meta charset="utf-8">' + STYLE + '</head><body>' +
+      String(event.data.html || '') + '</body></html>');
+    document.close();
+    report();
+  }
+  window.addEventListener('message', onMessage);
+  parentWindow.postMessage({ type: 'crdtnb-frame-ready' }, '*');
+})();
+</script>
+</head>
+<body></body>
+</html>
+"""
+
+
+def output_frame_policy() -> str:
+    """The CSP of /output-frame: the output's own scripts and styles run, nothing else."""
+    return "; ".join(
+        [
+            "default-src 'none'",
+            "script-src 'unsafe-inline' 'unsafe-eval' https: blob: data:",
+            "style-src 'unsafe-inline' https:",
+            "img-src data: blob: https:",
+            "font-src data: https:",
+            "media-src data: blob: https:",
+            "connect-src https:",
+            "worker-src blob:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'self'",
+        ]
+    )
 
 
 _SHELL = """<!doctype html>
@@ -158,8 +241,18 @@ def page_routes(static_dir: str | Path | None = None) -> list[BaseRoute]:
         name = request.path_params["path"].rsplit("/", 1)[-1] or "notebook"
         return _shell(request, directory, page="notebook", script="notebook.js", title=f"{name} · crdtnb")
 
+    async def output_frame(request: Request) -> Response:
+        headers = {
+            **SECURITY_HEADERS,
+            "X-Frame-Options": "SAMEORIGIN",
+            "Content-Security-Policy": output_frame_policy(),
+            "Cache-Control": "no-cache",
+        }
+        return HTMLResponse(_FRAME, headers=headers)
+
     return [
         Route("/", notebook_list, methods=["GET", "HEAD"], name="crdtnb_list"),
+        Route("/output-frame", output_frame, methods=["GET", "HEAD"], name="crdtnb_output_frame"),
         Route("/notebooks/{path:path}", notebook_page, methods=["GET", "HEAD"], name="crdtnb_notebook"),
         Mount("/static", app=_SecureStatic(directory), name="static"),
     ]

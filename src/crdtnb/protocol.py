@@ -15,6 +15,7 @@ from pycrdt import Decoder, write_message, write_var_uint
 
 # lib0 numbers are JavaScript-safe integers.
 MAX_SAFE_INTEGER = 2**53 - 1
+MAX_VAR_UINT_BYTES = 8  # 7 bits a byte: 8 bytes hold every safe integer
 
 
 class MessageType(IntEnum):
@@ -90,8 +91,14 @@ class _Reader:
         return self._decoder.length
 
     def var_uint(self) -> int:
+        # pycrdt's decoder sums continuation bytes for as long as they last, each into a
+        # bigger int: a frame of 0xff bytes would hold the event loop for minutes.
+        decoder = self._decoder
+        head = decoder.stream[decoder.i0 : decoder.i0 + MAX_VAR_UINT_BYTES]
+        if len(head) == MAX_VAR_UINT_BYTES and min(head) >= 0x80:
+            raise ProtocolError(f"number longer than {MAX_VAR_UINT_BYTES} bytes")
         try:
-            value = self._decoder.read_var_uint()
+            value = decoder.read_var_uint()
         except (IndexError, RuntimeError) as exc:
             raise ProtocolError("truncated number") from exc
         if value > MAX_SAFE_INTEGER:

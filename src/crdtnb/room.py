@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
 
@@ -24,7 +25,8 @@ from .awareness import PresenceLimits, RoomAwareness
 from .extensions import Change, ChangesDurable, Hooks, PeerJoined, PeerLeft
 from .fanout import ClosablePeer, Fanout, LocalFanout, Peer
 from .guard import SchemaGuard
-from .origins import SERVER, SERVER_ORIGINS, Origin, PeerOrigin, RemoteOrigin
+from .origins import OWNER_WORK, SERVER, SERVER_ORIGINS, Origin, PeerOrigin, RemoteOrigin
+from .ownership import NotOwner
 from .protocol import (
     ProtocolError,
     encode_awareness,
@@ -44,6 +46,11 @@ class RejectedUpdate(ProtocolError):
     """An update pycrdt refused to apply."""
 
 
+class RoomBroken(RuntimeError):
+    """The room's changes cannot be made durable (the store is unreachable, or the owner's
+    work was refused because this daemon lost the room): nothing more is relayed."""
+
+
 class Room:
     def __init__(
         self,
@@ -54,6 +61,7 @@ class Room:
         index: CellIndex | None = None,
         presence: PresenceLimits | None = None,
         hooks: Hooks | None = None,
+        store_timeout: float = 10.0,
     ) -> None:
         self.name = name
         self.doc = doc
@@ -67,21 +75,28 @@ class Room:
         self.hooks = hooks or Hooks()
         self._origins: dict[int, Origin] = {hash(origin): origin for origin in SERVER_ORIGINS}
         self._peer_origins: dict[Peer, PeerOrigin] = {}
-        # Captured transactions waiting to be stored: (update, origin, when captured).
-        self._outbox: list[tuple[bytes, Origin, float]] = []
+        # Captured transactions waiting to be stored: (update, origin, when captured,
+        # relayed to its sender too).
+        self._outbox: list[tuple[bytes, Origin, float, bool]] = []
         self._wake = asyncio.Event()
         self._enqueued = 0
         self._committed = 0
         self._committed_changed = asyncio.Condition()
         self._subscription: Subscription | None = doc.observe(self._capture)
         self._pipeline: asyncio.Task[None] | None = None
+        # How long the pipeline retries a failing store before it gives up on the room.
+        self.store_timeout = store_timeout
+        self.broken: str | None = None
+        # Called once when the room breaks (RoomManager closes its peers and drops it).
+        self.on_broken: Callable[[Room, str], None] | None = None
 
     def start(self) -> None:
         self._pipeline = asyncio.create_task(self._run_pipeline(), name=f"room:{self.name}")
 
     async def close(self) -> None:
-        """Wait until every captured change is durable, then stop."""
-        await self.flushed()
+        """Wait until every captured change is durable (unless the room broke), then stop."""
+        if self.broken is None:
+            await self.flushed()
         if self._subscription is not None:
             self.doc.unobserve(self._subscription)
             self._subscription = None
@@ -154,10 +169,11 @@ class Room:
             raise RejectedUpdate(f"update rejected: {exc}") from exc
         if self.guard.repair() and len(self._outbox) - mark > 1:
             # Everyone, the sender included, gets the update with its repair in one
-            # frame: no client ever holds the broken state.
+            # frame: no client ever holds the broken state. It stays the sender's change
+            # for the hooks (an audit log must see who needed a repair).
             captured = self._outbox[mark:]
-            merged = merge_updates(*[update for update, _, _ in captured])
-            self._outbox[mark:] = [(merged, SERVER, captured[0][2])]
+            merged = merge_updates(*[update for update, _, _, _ in captured])
+            self._outbox[mark:] = [(merged, self.origin_of(peer), captured[0][2], True)]
             self._enqueued -= len(captured) - 1
 
     def apply_remote(self, update: bytes, origin: RemoteOrigin) -> None:
@@ -197,15 +213,18 @@ class Room:
     def _capture(self, event: TransactionEvent) -> None:
         # pycrdt's TransactionEvent carries its transaction, whose origin is a hash.
         origin = self._origins.get(cast(Any, event).transaction.origin(), SERVER)
-        self._outbox.append((event.update, origin, time.monotonic()))
+        self._outbox.append((event.update, origin, time.monotonic(), False))
         self._enqueued += 1
         self._wake.set()
 
     async def flushed(self) -> None:
-        """Return once every change captured so far is in the store."""
+        """Return once every change captured so far is in the store (RoomBroken if it
+        never will be)."""
         target = self._enqueued
         async with self._committed_changed:
-            await self._committed_changed.wait_for(lambda: self._committed >= target)
+            await self._committed_changed.wait_for(lambda: self._committed >= target or self.broken is not None)
+        if self.broken is not None and self._committed < target:
+            raise RoomBroken(self.broken)
 
     async def _run_pipeline(self) -> None:
         while True:
@@ -214,35 +233,79 @@ class Room:
             batch, self._outbox = self._outbox, []
             if not batch:
                 continue
-            local = [update for update, origin, _ in batch if not isinstance(origin, RemoteOrigin)]
-            if local:
-                await self._persist(local)
+            try:
+                await self._persist(batch)
+            except RoomBroken as exc:
+                self._break(str(exc))
+                return
             durable = time.monotonic()
             async with self._committed_changed:
                 self._committed += len(batch)
                 self._committed_changed.notify_all()
-            for update, origin, _ in batch:
-                sender = origin.peer if isinstance(origin, PeerOrigin) else None
+            for update, origin, _, to_sender in batch:
+                sender = origin.peer if isinstance(origin, PeerOrigin) and not to_sender else None
                 self.broadcast(encode_update(update), exclude=sender)
             if self.hooks.wants("on_changes_durable"):
-                changes = tuple(Change(update, origin, received, durable) for update, origin, received in batch)
+                changes = tuple(Change(update, origin, received, durable) for update, origin, received, _ in batch)
                 self.hooks.notify("on_changes_durable", ChangesDurable(self, changes))
 
-    async def _persist(self, updates: list[bytes]) -> None:
-        """Append to the log; on a storage fault keep retrying rather than relay
-        something that is not durable."""
+    async def _persist(self, batch: list[tuple[bytes, Origin, float, bool]]) -> None:
+        """Append a batch to the log, in order: peers' and repairs with ``append``, the
+        owner's work with ``append_owned``; remote changes are stored already. A failing
+        store is retried for ``store_timeout`` seconds, then the room breaks rather than
+        relay something that is not durable."""
+        run: list[bytes] = []
+        owned = False
+        for update, origin, _, _ in batch:
+            if isinstance(origin, RemoteOrigin):
+                continue
+            work = origin in OWNER_WORK
+            if run and work != owned:
+                await self._append(run, owned)
+                run = []
+            owned = work
+            run.append(update)
+        if run:
+            await self._append(run, owned)
+
+    async def _append(self, updates: list[bytes], owned: bool) -> None:
+        deadline = time.monotonic() + self.store_timeout
         delay = 0.05
         while True:
             try:
-                await self.store.append(self.name, updates)
+                if owned:
+                    await self.store.append_owned(self.name, updates)
+                else:
+                    await self.store.append(self.name, updates)
+                return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("room %s: storing %d updates failed; retrying", self.name, len(updates))
+            except NotOwner as exc:
+                raise RoomBroken(f"this server no longer owns the notebook ({exc})") from exc
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    raise RoomBroken(f"the store is unreachable ({type(exc).__name__})") from exc
+                logger.warning("room %s: storing %d updates failed (%s); retrying", self.name, len(updates), exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            return
+                delay = min(delay * 2, 1.0)
+
+    def _break(self, reason: str) -> None:
+        """Nothing more is relayed: the room's clients are told to reconnect (they keep
+        their edits and resync with a room rebuilt from the store)."""
+        logger.error("room %s broke: %s", self.name, reason)
+        self.broken = reason
+        self._wake_waiters()
+        for peer in list(self.peers):
+            peer.close(1013, f"{reason}: reconnect later")
+        if self.on_broken is not None:
+            self.on_broken(self, reason)
+
+    def _wake_waiters(self) -> None:
+        async def notify() -> None:
+            async with self._committed_changed:
+                self._committed_changed.notify_all()
+
+        self._notifier = asyncio.ensure_future(notify())
 
 
 def _check_json(text: str) -> object:

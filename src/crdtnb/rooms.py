@@ -11,10 +11,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pycrdt import Doc
 
 from .awareness import PresenceLimits
-from .extensions import Hooks, RoomLoaded, RoomLoading, RoomUnloaded, RoomUnloading
+from .extensions import Hooks, RoomDisowned, RoomLoaded, RoomLoading, RoomOwned, RoomUnloaded, RoomUnloading
 from .fanout import Fanout, LocalFanout
 from .files import NotebookFiles
-from .room import Room
+from .ownership import LocalOwnership, Ownership
+from .room import Room, RoomBroken
 from .schema import CellIndex
 from .settings import RoomSettings
 from .store import Store
@@ -64,12 +65,15 @@ class RoomManager:
         settings: RoomSettings | None = None,
         fanout: Fanout | None = None,
         hooks: Hooks | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self.files = files
         self.store = store
         self.fanout = fanout or LocalFanout()
         self.settings = settings or RoomSettings()
         self.hooks = hooks or Hooks()
+        self.ownership: Ownership = ownership or LocalOwnership()
+        self._broken_tasks: set[asyncio.Task[None]] = set()
         self.presence = PresenceLimits(self.settings.max_presence_clients, self.settings.max_presence_state_bytes)
         self._open: dict[str, _OpenRoom] = {}
         self._locks = _KeyedLocks()
@@ -149,24 +153,67 @@ class RoomManager:
             logger.info("unloaded room %s", name)
 
     async def _load(self, name: str) -> Room:
-        updates = await self.store.load(name)
-        doc, index = await asyncio.to_thread(_build_document, updates)
-        # Extensions fill an empty document (the .ipynb) or refuse the room by raising.
-        try:
-            await self.hooks.run("on_room_loading", RoomLoading(name, doc, index, from_store=bool(updates)))
-        except BaseException:
+        while True:
+            updates = await self.store.load(name)
+            doc, index = await asyncio.to_thread(_build_document, updates)
+            # Extensions fill an empty document (the .ipynb) or refuse the room by raising.
+            try:
+                await self.hooks.run("on_room_loading", RoomLoading(name, doc, index, from_store=bool(updates)))
+                # Only the first daemon to store a new room's state seeds it: two seeds
+                # would be two copies of every cell.
+                if updates or await self.store.seed(name, doc.get_update()):
+                    break
+            except BaseException:
+                index.close()
+                raise
             index.close()
-            raise
-        room = Room(name, doc, self.store, self.fanout, index, self.presence, self.hooks)
+            logger.info("room %s was seeded by another daemon meanwhile: loading it again", name)
+        room = Room(
+            name, doc, self.store, self.fanout, index, self.presence, self.hooks, self.settings.store_timeout
+        )
+        room.on_broken = self._room_broke
         # Cell exports are computed once, off the loop; the outputs the room holds now are
         # legitimate (a peer may move their cells around); the schema is checked whole.
         await asyncio.to_thread(room.guard.check_document)
-        if not updates:
-            await self.store.append(name, [doc.get_update()])
         room.start()
         await self.hooks.run("on_room_loaded", RoomLoaded(room))
         logger.info("opened room %s (%s)", name, f"{len(updates)} stored updates" if updates else "new")
+        if await self.ownership.claim(name):
+            await self.hooks.run("on_room_owned", RoomOwned(room))
         return room
+
+    async def gained(self, name: str) -> None:
+        """This daemon became the owner of an open room (a cluster's lease)."""
+        entry = self._open.get(name)
+        if entry is not None and entry.room.broken is None:
+            await self.hooks.run("on_room_owned", RoomOwned(entry.room))
+
+    async def lost(self, name: str, reason: str) -> None:
+        """This daemon lost an open room's lease: the owner's work stops, writing nothing."""
+        entry = self._open.get(name)
+        if entry is not None:
+            await self.hooks.run("on_room_disowned", RoomDisowned(entry.room, reason))
+
+    def _room_broke(self, room: Room, reason: str) -> None:
+        task = asyncio.create_task(self._drop_broken(room, reason), name=f"drop:{room.name}")
+        self._broken_tasks.add(task)
+        task.add_done_callback(self._broken_tasks.discard)
+
+    async def _drop_broken(self, room: Room, reason: str) -> None:
+        """A room whose changes cannot be made durable is unloaded without saving (its
+        clients keep their edits and resync when they come back)."""
+        async with self._locks.hold(room.name):
+            entry = self._open.get(room.name)
+            if entry is None or entry.room is not room:
+                return
+            del self._open[room.name]
+            if entry.evict_timer is not None:
+                entry.evict_timer.cancel()
+            if self.ownership.owns(room.name):
+                await self.hooks.run("on_room_disowned", RoomDisowned(room, reason))
+                await self.ownership.release(room.name)
+            await room.close()
+            await self.hooks.run("on_room_unloaded", RoomUnloaded(room.name))
 
     async def _evict(self, name: str, entry: _OpenRoom) -> None:
         async with self._locks.hold(name):
@@ -180,14 +227,22 @@ class RoomManager:
         if entry.evict_timer is not None:
             entry.evict_timer.cancel()
         room = entry.room
-        await room.flushed()
-        await self.hooks.run("on_room_unloading", RoomUnloading(room))
+        try:
+            await room.flushed()
+            await self.hooks.run("on_room_unloading", RoomUnloading(room))
+            await room.flushed()  # what the extensions wrote while unloading
+        except RoomBroken:
+            pass  # nothing more can be stored: it is unloaded as it is
         await room.close()
+        if self.ownership.owns(room.name):
+            await self.ownership.release(room.name)
         await self.hooks.run("on_room_unloaded", RoomUnloaded(room.name))
 
     async def close(self) -> None:
         """Unload every room (each extension saves what it keeps)."""
         self._closing = True
+        if self._broken_tasks:
+            await asyncio.gather(*self._broken_tasks, return_exceptions=True)
         for name, entry in list(self._open.items()):
             try:
                 await self._close_entry(entry)

@@ -59,7 +59,8 @@ class SessionSigner:
     def read(self, cookie: str | None) -> Session | None:
         """The session a cookie names, if its signature holds and it has not expired
         (whether it has ended is the server's record to say)."""
-        if not cookie or "." not in cookie:
+        # A real cookie is ASCII; hmac.compare_digest raises on a non-ASCII str.
+        if not cookie or "." not in cookie or not cookie.isascii():
             return None
         payload, signature = cookie.rsplit(".", 1)
         if not hmac.compare_digest(signature, self._sign(payload)):

@@ -92,6 +92,11 @@ class RoomSettings:
     compact_min_interval: float = option(10.0, "seconds between two compactions of one room", parse=float)
     max_presence_clients: int = option(8, "presence client ids one connection may announce", parse=int)
     max_presence_state_bytes: int = option(64 * 1024, "largest presence state of one client", parse=_size)
+    store_timeout: float = option(
+        10.0,
+        "seconds a room retries a failing store before it gives up: its clients are told to reconnect (1013)",
+        parse=float,
+    )
 
 
 @dataclass(frozen=True)

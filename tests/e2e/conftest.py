@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import Daemon
@@ -46,6 +47,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def web(daemon_factory: Any) -> Daemon:
     """A daemon on 127.0.0.1 serving the API, the websocket and the pages."""
     return daemon_factory()
+
+
+@pytest.fixture
+def kernel_web(web: Daemon) -> Iterator[Daemon]:
+    """The daemon, if it has the kernel API (GET /api/notebooks/{path}/kernel answers); its
+    kernel for nb.ipynb is shut down afterwards (the others end with the daemon)."""
+    response = httpx.get(f"{web.url}/api/notebooks/nb.ipynb/kernel", params={"token": web.token}, timeout=10)
+    if response.status_code == 404 or "status" not in response.json():
+        pytest.skip("the daemon has no kernel API (issue 3)")
+    yield web
+    if web.process is not None:
+        httpx.post(f"{web.url}/api/notebooks/nb.ipynb/shutdown", params={"token": web.token}, timeout=20)
 
 
 @pytest.fixture

@@ -187,11 +187,13 @@ async def test_add_move_delete_converge(web: Daemon, browser: Browser) -> None:
     bob.assert_no_errors()
 
 
-async def eventually_converged(web: Daemon, one: NotebookPage, two: NotebookPage, count: int, timeout: float = 10) -> list[str]:
+async def eventually_converged(
+    web: Daemon, one: NotebookPage, two: NotebookPage, count: int, timeout: float = 10, path: str = NB
+) -> list[str]:
     """Wait until both pages and the server show the same `count` cells in the same order."""
     deadline = time.monotonic() + timeout
     while True:
-        a, b, s = await one.cell_ids(), await two.cell_ids(), server_ids(web)
+        a, b, s = await one.cell_ids(), await two.cell_ids(), server_ids(web, path)
         if a == b == s and len(a) == count:
             return a
         if time.monotonic() > deadline:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from tests.conftest import Daemon, write_notebook
@@ -16,16 +14,6 @@ from .browser import Browser, eventually_equal
 pytestmark = pytest.mark.timeout(60)
 
 NB = "nb.ipynb"
-
-
-@pytest.fixture
-def kernel_web(web: Daemon) -> Iterator[Daemon]:
-    """The daemon, if it has the kernel API (GET /api/notebooks/{path}/kernel answers)."""
-    response = httpx.get(f"{web.url}/api/notebooks/{NB}/kernel", params={"token": web.token}, timeout=10)
-    if response.status_code == 404 or "status" not in response.json():
-        pytest.skip("the daemon has no kernel API (issue 3)")
-    yield web
-    httpx.post(f"{web.url}/api/notebooks/{NB}/shutdown", params={"token": web.token}, timeout=20)
 
 
 async def set_source(page: object, cell_id: str, source: str) -> None:
@@ -108,8 +96,9 @@ async def test_stream_interrupt_restart(kernel_web: Daemon, browser: Browser) ->
     await error.wait_for(timeout=20_000)
     assert "KeyboardInterrupt" in (await error.text_content() or "")
     await eventually_equal(lambda: page.cell(first).locator(".prompt-in").text_content(), "[1]:")
-    # restart (toolbar): the kernel's variables are gone
+    # restart (toolbar, then confirmed): the kernel's variables are gone
     await page.page.locator(".toolbar .tb-restart").click()
+    await page.page.locator(".dialog .dialog-ok").click()
     await eventually_equal(lambda: page.page.locator(".kernel-status").get_attribute("data-status"), "idle", timeout=30)
     await set_source(page, second, "print(i)")
     await page.page.keyboard.press("Control+Enter")
@@ -135,7 +124,9 @@ async def test_run_all_with_rich_outputs(kernel_web: Daemon, browser: Browser) -
     await page.page.locator(".toolbar .tb-runAll").click()
     cells = [page.cell(i) for i in ids]
     await cells[3].locator(".output-error").wait_for(timeout=40_000)
-    assert await cells[0].locator(".output-html b#x").text_content() == "bold"
+    # HTML with a script runs in the output's sandboxed frame, never in the page
+    frame = cells[0].frame_locator("iframe.output-frame")
+    assert await frame.locator("b#x").text_content() == "bold"
     assert await cells[0].locator("script").count() == 0
     assert await cells[1].locator(".prompt-out").text_content() == "Out[2]:"
     assert "'answer': 42" in (await cells[1].locator(".output").text_content() or "")
@@ -147,3 +138,78 @@ async def test_run_all_with_rich_outputs(kernel_web: Daemon, browser: Browser) -
     assert await page.page.evaluate("() => window.__k") is None
     await page.screenshot("run-all")
     page.assert_no_errors(allow=("inline", "Content Security Policy"))
+
+
+async def test_kernel_status_is_unknown_while_the_server_is_down(kernel_web: Daemon, browser: Browser) -> None:
+    page = await browser.open(kernel_web, NB)
+    first = (await page.cell_ids())[0]
+    await page.editor(first).click()
+    await page.page.keyboard.press("Control+Enter")
+    pill = page.page.locator(".kernel-status")
+    await eventually_equal(lambda: pill.get_attribute("data-status"), "idle", timeout=40)
+    assert await pill.text_content() == "Kernel idle"
+    kernel_web.stop()
+    await page.page.wait_for_function("() => document.body.dataset.connection === 'disconnected'")
+    # the page cannot know the kernel's state now: it must not claim it is idle
+    await eventually_equal(lambda: pill.get_attribute("data-status"), "offline")
+    assert "idle" not in (await pill.text_content() or "")
+    assert "unknown" in (await pill.text_content() or "")
+    await page.screenshot("offline")
+    kernel_web.start()  # same port: the page reconnects, and knows again
+    await page.page.wait_for_function("() => document.body.dataset.connection === 'connected'", timeout=20_000)
+    await page.page.wait_for_function("() => document.querySelector('.kernel-status').dataset.status !== 'offline'")
+    page.assert_no_errors(allow=("WebSocket", "ERR_CONNECTION_REFUSED", "Failed to load resource"))
+
+
+async def menu_action(page: object, name: str) -> None:
+    await page.page.locator(".toolbar .tb-more").click()  # type: ignore[attr-defined]
+    await page.page.locator(f".menu .menu-{name}").click()  # type: ignore[attr-defined]
+
+
+async def test_run_above_below_restart_run_all_and_clear(kernel_web: Daemon, browser: Browser) -> None:
+    write_notebook(kernel_web.root / "runs.ipynb", ["x = 1", "x += 1\nprint(x)", "print('below', x)"])
+    page = await browser.open(kernel_web, "runs.ipynb")
+    one, two, three = await page.cell_ids()
+    prompts = lambda: asyncio.gather(*(page.cell(i).locator(".prompt-in").text_content() for i in (one, two, three)))  # noqa: E731
+    # "Run all above" the second cell: only the first runs
+    await page.select(two)
+    await menu_action(page, "run-above")
+    await eventually_equal(prompts, ["[1]:", "[ ]:", "[ ]:"], timeout=40)
+    # "Run selected and all below": the second and the third
+    await menu_action(page, "run-below")
+    await eventually_equal(lambda: page.cell(three).locator(".output-stdout").text_content(), "below 2\n", timeout=30)
+    assert await page.cell(two).locator(".output-stdout").text_content() == "2\n"
+    await eventually_equal(prompts, ["[1]:", "[2]:", "[3]:"])
+    # a restart asks first; "Cancel" keeps the kernel and its variables
+    await page.select(one)
+    await page.page.keyboard.press("0")
+    await page.page.keyboard.press("0")
+    await page.page.locator(".dialog", has_text="Restart the kernel?").wait_for()
+    await page.page.locator(".dialog .dialog-cancel").click()
+    await page.page.locator(".dialog").wait_for(state="detached")
+    await page.select(three)
+    await page.page.keyboard.press("Control+Enter")
+    await eventually_equal(lambda: page.cell(three).locator(".prompt-in").text_content(), "[4]:", timeout=30)
+    assert await page.cell(three).locator(".output-stdout").text_content() == "below 2\n"
+    # "Restart kernel and run all…", confirmed: counts start again from 1
+    await menu_action(page, "restart-run-all")
+    await page.page.locator(".dialog .dialog-ok").click()
+    await eventually_equal(prompts, ["[1]:", "[2]:", "[3]:"], timeout=60)
+    assert await page.cell(three).locator(".output-stdout").text_content() == "below 2\n"
+    # "Clear all outputs": outputs and counts gone, on the page and on the server
+    await menu_action(page, "clear-all-outputs")
+    await eventually_equal(prompts, ["[ ]:", "[ ]:", "[ ]:"])
+    assert await page.page.locator(".output").count() == 0
+    await eventually_equal(
+        lambda: asyncio.to_thread(
+            lambda: [(c["outputs"], c["execution_count"]) for c in kernel_web.notebook("runs.ipynb")["cells"]]
+        ),
+        [([], None)] * 3,
+    )
+    # Ctrl+Enter with two cells selected runs both, and only them
+    await page.select(one)
+    await page.page.keyboard.press("Shift+ArrowDown")
+    await page.page.keyboard.press("Control+Enter")
+    await eventually_equal(prompts, ["[4]:", "[5]:", "[ ]:"], timeout=30)
+    assert await page.cell(two).locator(".output-stdout").text_content() == "2\n"
+    page.assert_no_errors()

@@ -1,29 +1,29 @@
-"""Outputs rendered live from the document (seeded from Python, as the kernel agent writes them)."""
+"""Outputs rendered live from the document: arriving through an outside edit of the .ipynb
+(which the daemon merges in; clients may not write outputs), and from the kernel."""
 
 from __future__ import annotations
 
-import asyncio
-
+import nbformat
 import pytest
-from pycrdt import Text
 
-from crdtnb.notebook import new_output_map
-from tests.conftest import Daemon
+from tests.conftest import Daemon, write_notebook
 
 from .browser import Browser, eventually_equal
 from .images import gradient_png
+from .test_kernel import set_source
 
 pytestmark = pytest.mark.timeout(60)
 
 NB = "nb.ipynb"
 
+# HTML without <script> or <style> is shown inline, sanitized (HTML with them runs in a
+# sandboxed frame: tests/e2e/test_rich_outputs.py)
 HOSTILE_HTML = (
     "<p class='ok'>rich <b>bold</b> output</p>"
     "<img id='bad' src='x' onerror='window.__pwned = 1'>"
-    "<script>window.__pwned = 2</script>"
     "<a href='javascript:window.__pwned = 3'>click</a>"
     "<table><tr><th>n</th></tr><tr><td>42</td></tr></table>"
-    "<style>body { display: none }</style>"
+    "<iframe src='javascript:window.parent.__pwned = 6'></iframe>"
 )
 HOSTILE_SVG = (
     "<svg xmlns='http://www.w3.org/2000/svg' width='40' height='40'>"
@@ -55,25 +55,24 @@ def seeded_outputs() -> list[dict[str, object]]:
     ]
 
 
+def add_outputs_on_disk(web: Daemon, path: str, index: int, outputs: list[dict[str, object]], count: int) -> None:
+    """Edit the .ipynb behind the daemon's back, as an editor would: the open room merges it."""
+    nb = nbformat.read(str(web.root / path), as_version=4)
+    nb.cells[index].outputs = [nbformat.from_dict(o) for o in outputs]
+    nb.cells[index].execution_count = count
+    nbformat.write(nb, str(web.root / path))
+
+
 async def test_seeded_outputs_render_safely(web: Daemon, browser: Browser) -> None:
     zoe = await browser.open(web, NB)
     bob = await browser.open(web, NB, name="Bob", color="#1976d2")
     cell_id = (await zoe.cell_ids())[1]
     for page in (zoe, bob):
         assert await page.csp_violations() == []  # the page itself needs nothing the CSP refuses
-    nb = await web.connect(NB)
-    try:
-        cell = nb.cell(cell_id)
-        with nb.doc.transaction():
-            for output in seeded_outputs():
-                cell["outputs"].append(new_output_map(output))
-            cell["execution_count"] = 7
-        await nb.roundtrip()
-    finally:
-        await nb.close()
+    add_outputs_on_disk(web, NB, 1, seeded_outputs(), 7)
     for page in (zoe, bob):
         out = page.cell(cell_id).locator(".outputs")
-        await out.locator(".output").nth(7).wait_for()
+        await out.locator(".output").nth(7).wait_for(timeout=20_000)
         assert await out.locator(".output").count() == 8
         assert await page.cell(cell_id).locator(".prompt-in").text_content() == "[7]:"
         assert await page.cell(cell_id).locator(".prompt-out").text_content() == "Out[7]:"
@@ -89,7 +88,7 @@ async def test_seeded_outputs_render_safely(web: Daemon, browser: Browser) -> No
         html = out.locator(".output-html")
         assert await html.locator("p.ok b").text_content() == "bold"
         assert await html.locator("td").text_content() == "42"
-        assert await html.locator("script, style").count() == 0
+        assert await html.locator("script, style, iframe").count() == 0
         assert await html.locator("#bad").get_attribute("onerror") is None
         assert await html.locator("a").get_attribute("href") is None
         assert await page.page.locator("body").is_visible()
@@ -121,72 +120,70 @@ async def test_seeded_outputs_render_safely(web: Daemon, browser: Browser) -> No
         page.assert_no_errors(allow=("inline event handler", "Content Security Policy"))
 
 
-async def test_stream_grows_in_place(web: Daemon, browser: Browser) -> None:
-    zoe = await browser.open(web, NB)
-    bob = await browser.open(web, NB, name="Bob", color="#1976d2")
+async def test_stream_grows_in_place(kernel_web: Daemon, browser: Browser) -> None:
+    source = (
+        "import time\n"
+        "print('line 0', flush=True)\n"
+        "time.sleep(1.5)\n"
+        "for i in range(1, 16):\n"
+        "    print(f'line {i} \\x1b[32mok\\x1b[0m ✓', flush=True)\n"
+        "    time.sleep(0.25)\n"
+        "print('50% done', end='', flush=True)\n"
+        "time.sleep(1.5)\n"
+        "print('\\r100% done', end='', flush=True)"
+    )
+    write_notebook(kernel_web.root / "stream.ipynb", [source])
+    zoe = await browser.open(kernel_web, "stream.ipynb")
+    bob = await browser.open(kernel_web, "stream.ipynb", name="Bob", color="#1976d2")
     cell_id = (await zoe.cell_ids())[0]
-    nb = await web.connect(NB)
-    try:
-        nb.cell(cell_id)["outputs"].append(new_output_map({"output_type": "stream", "name": "stdout", "text": "line 0\n"}))
-        for page in (zoe, bob):
-            pre = page.cell(cell_id).locator(".output-stdout")
-            await pre.wait_for()
-            # mark the element and its first text: re-creating or re-rendering would lose the marks
-            await pre.evaluate("el => { el.__probe = 'same element'; el.firstChild.__probe = 'same text' }")
-        text: Text = nb.cell(cell_id)["outputs"][0]["text"]
-        expected = "line 0\n"
-        for i in range(1, 16):
-            chunk = f"line {i} \x1b[32mok\x1b[0m ✓\n"
-            text += chunk
-            expected += chunk.replace("\x1b[32m", "").replace("\x1b[0m", "")
-            if i % 5 == 0:
-                for page in (zoe, bob):
-                    pre = page.cell(cell_id).locator(".output-stdout")
-                    await eventually_equal(lambda: pre.text_content(), expected)
-                    assert await pre.evaluate("el => el.__probe") == "same element"
-                    assert await pre.evaluate("el => el.firstChild.__probe") == "same text"
-                    assert await page.cell(cell_id).locator(".output").count() == 1
-            await asyncio.sleep(0.05)
-        for page in (zoe, bob):
-            assert await page.cell(cell_id).locator(".output-stdout span.ansi-green-fg").count() == 15
-        # a rewrite that is not an append (what a \r progress bar turns into) is rendered too
-        with nb.doc.transaction():
-            del text[0 : len(text)]
-            text += "100% done\n"
-        for page in (zoe, bob):
-            pre = page.cell(cell_id).locator(".output-stdout")
-            await eventually_equal(lambda: pre.text_content(), "100% done\n")
-        # clearing the outputs empties the area on every page
-        nb.cell(cell_id)["outputs"].clear()
-        for page in (zoe, bob):
-            await eventually_equal(lambda: page.cell(cell_id).locator(".output").count(), 0)
-        await nb.roundtrip()
-    finally:
-        await nb.close()
+    await zoe.editor(cell_id).click()
+    await zoe.page.keyboard.press("Control+Enter")
+    for page in (zoe, bob):
+        pre = page.cell(cell_id).locator(".output-stdout")
+        await pre.wait_for(timeout=30_000)
+        # mark the element and its first text: re-creating or re-rendering would lose the marks
+        await pre.evaluate("el => { el.__probe = 'same element'; el.firstChild.__probe = 'same text' }")
+    expected = "line 0\n" + "".join(f"line {i} ok ✓\n" for i in range(1, 16)) + "50% done"
+    for page in (zoe, bob):
+        pre = page.cell(cell_id).locator(".output-stdout")
+        await eventually_equal(lambda: pre.text_content(), expected, timeout=20)
+        assert await pre.evaluate("el => el.__probe") == "same element"
+        assert await pre.evaluate("el => el.firstChild.__probe") == "same text"
+        assert await page.cell(cell_id).locator(".output").count() == 1
+        assert await page.cell(cell_id).locator(".output-stdout span.ansi-green-fg").count() == 15
+    # a \r rewrites the last line (what a progress bar does): rendered too
+    for page in (zoe, bob):
+        pre = page.cell(cell_id).locator(".output-stdout")
+        await eventually_equal(lambda: pre.text_content(), expected.replace("50% done", "100% done"), timeout=20)
+    # clearing the outputs (this page's own "clear") empties the area on every page
+    await zoe.select(cell_id)
+    await zoe.page.locator(".toolbar .tb-more").click()
+    await zoe.page.locator(".menu .menu-clear-outputs").click()
+    for page in (zoe, bob):
+        await eventually_equal(lambda: page.cell(cell_id).locator(".output").count(), 0)
+        await eventually_equal(lambda: page.cell(cell_id).locator(".prompt-in").text_content(), "[ ]:")
     zoe.assert_no_errors()
     bob.assert_no_errors()
 
 
-async def test_execution_state_and_kernel_status_are_shown(web: Daemon, browser: Browser) -> None:
-    page = await browser.open(web, NB)
-    first, second = await page.cell_ids()
-    prompt = page.cell(second).locator(".prompt-in")
-    assert await prompt.text_content() == "[ ]:"
-    nb = await web.connect(NB)
-    try:
-        nb.cell(second)["execution_state"] = "running"
-        nb.state["kernel_status"] = "busy"
-        await eventually_equal(lambda: prompt.text_content(), "[*]:")
-        await eventually_equal(lambda: page.page.locator(".kernel-status").text_content(), "Kernel busy")
+async def test_execution_state_and_kernel_status_are_shown(kernel_web: Daemon, browser: Browser) -> None:
+    zoe = await browser.open(kernel_web, NB)
+    bob = await browser.open(kernel_web, NB, name="Bob", color="#1976d2")
+    first, second = await zoe.cell_ids()
+    for page in (zoe, bob):
+        assert await page.cell(second).locator(".prompt-in").text_content() == "[ ]:"
+    await set_source(zoe, second, "import time\ntime.sleep(3)")
+    await zoe.page.keyboard.press("Control+Enter")
+    for page in (zoe, bob):
+        prompt = page.cell(second).locator(".prompt-in")
+        await eventually_equal(lambda: prompt.text_content(), "[*]:", timeout=30)
+        await eventually_equal(lambda: page.page.locator(".kernel-status").text_content(), "Kernel busy", timeout=30)
         assert await page.cell(second).evaluate("el => el.classList.contains('running')")
-        with nb.doc.transaction():
-            nb.cell(second)["execution_state"] = "idle"
-            nb.cell(second)["execution_count"] = 12
-            nb.state["kernel_status"] = "idle"
-        await eventually_equal(lambda: prompt.text_content(), "[12]:")
+    for page in (zoe, bob):
+        prompt = page.cell(second).locator(".prompt-in")
+        await eventually_equal(lambda: prompt.text_content(), "[1]:", timeout=30)
         await eventually_equal(lambda: page.page.locator(".kernel-status").get_attribute("data-status"), "idle")
-        await nb.roundtrip()
-    finally:
-        await nb.close()
-    assert await page.cell(first).locator(".prompt-in").text_content() == "[ ]:"
-    page.assert_no_errors()
+        assert not await page.cell(second).evaluate("el => el.classList.contains('running')")
+        assert await page.cell(first).locator(".prompt-in").text_content() == "[ ]:"
+    zoe.assert_no_errors()
+    bob.assert_no_errors()

@@ -11,7 +11,6 @@ import shutil
 import nbformat
 import pytest
 
-from crdtnb.notebook import new_output_map
 from tests.conftest import Daemon
 
 from .browser import REPO, Browser, eventually_equal
@@ -37,7 +36,7 @@ PLOT = """plot(lambda t: math.exp(-t / 9) * math.sin(t * 1.5),
 
 NOTES = """## Notes
 
-- the first wave decays with τ ≈ 9 s, the second with τ ≈ 6 s
+- the first wave is $e^{-t/9}\\sin(1.5\\,t)$, the second $e^{-t/6}\\cos t$: τ ≈ 9 s and 6 s
 - """
 
 TABLE = (
@@ -48,44 +47,31 @@ TABLE = (
 
 
 def make_notebook(web: Daemon) -> None:
+    """The notebook with the outputs its cells made (only the kernel agent writes outputs into
+    an open document; a file brings them in)."""
     nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_markdown_cell(INTRO),
-        nbformat.v4.new_code_cell(CODE),
-        nbformat.v4.new_code_cell(PLOT),
-        nbformat.v4.new_markdown_cell(NOTES),
+    code = nbformat.v4.new_code_cell(CODE, execution_count=1)
+    code.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="loaded 6 readings\n"),
+        nbformat.v4.new_output("display_data", data={"text/html": TABLE, "text/plain": "<table>"}),
     ]
+    plot = nbformat.v4.new_code_cell(PLOT, execution_count=2)
+    plot.outputs = [nbformat.v4.new_output("display_data", data={"image/png": plot_png(), "text/plain": "<Figure size 520x220>"})]
+    nb.cells = [nbformat.v4.new_markdown_cell(INTRO), code, plot, nbformat.v4.new_markdown_cell(NOTES)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, str(web.root / PATH))
 
 
 async def test_readme_screenshot(web: Daemon, browser: Browser) -> None:
     make_notebook(web)
-    client = await web.connect(PATH)
-    try:
-        intro, code, plot, notes = client.cell_ids()
-        with client.doc.transaction():
-            outputs = client.cell(code)["outputs"]
-            outputs.append(new_output_map({"output_type": "stream", "name": "stdout", "text": "loaded 6 readings\n"}))
-            outputs.append(new_output_map({"output_type": "display_data", "metadata": {},
-                                           "data": {"text/html": TABLE, "text/plain": "<table>"}}))
-            client.cell(code)["execution_count"] = 1
-            client.cell(plot)["outputs"].append(new_output_map({
-                "output_type": "display_data", "metadata": {},
-                "data": {"image/png": plot_png(), "text/plain": "<Figure size 520x220>"},
-            }))
-            client.cell(plot)["execution_count"] = 2
-            client.state["kernel_status"] = "idle"
-        await client.roundtrip()
-    finally:
-        await client.close()
-
+    intro, code, plot, notes = [cell["id"] for cell in web.notebook(PATH)["cells"]]
     zoe = await browser.open(web, PATH, name="Zoë", color="#d32f2f")
     bob = await browser.open(web, PATH, name="Bob", color="#1976d2")
     # Bob writes a note; Zoë edits the code: each sees the other's caret
     await bob.cell(notes).locator(".rendered").dblclick()
     await bob.page.keyboard.press("Control+End")
     await bob.page.keyboard.type("amplitude halves every 6 s")
+    await bob.page.keyboard.press("Control+Enter")  # rendered, math typeset; Bob stays on the cell
     await zoe.editor(code).locator(".cm-line").nth(2).click()
     await zoe.page.keyboard.press("End")
     await zoe.page.keyboard.type("  # 6 samples")
@@ -102,6 +88,9 @@ async def test_readme_screenshot(web: Daemon, browser: Browser) -> None:
     await zoe.editor(code).locator(".cm-line").nth(3).locator("text=readings").first.dblclick()
     await bob.cell(code).locator(".cm-ySelection").wait_for()
     await bob.cell(code).locator(".cm-ySelectionInfo", has_text="Zoë").wait_for()
+    # the notes' math is typeset on both pages
+    for page in (zoe, bob):
+        await page.cell(notes).locator(".rendered .katex").nth(1).wait_for()
     await bob.page.set_viewport_size({"width": 1280, "height": 1180})
     await bob.page.evaluate("() => window.scrollTo(0, 0)")
     await bob.page.mouse.move(0, 0)

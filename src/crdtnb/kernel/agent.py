@@ -40,7 +40,7 @@ logger = logging.getLogger("crdtnb.kernel")
 # The note a cell gets when the daemon stopped while it ran (its kernel went with it).
 CUT_OFF = (
     "KernelLost",
-    "The kernel was lost: the server stopped while this cell was running. Run it again.",
+    "The kernel running this cell was lost with its server (stopped, restarted or unreachable). Run it again.",
 )
 _executions = itertools.count(1)
 
@@ -237,6 +237,29 @@ class KernelAgent:
             ename, evalue = CUT_OFF
             with self.room.doc.transaction(origin=KERNEL):
                 self.writer.add_error(running, ename, evalue, [f"{ename}: {evalue}"])
+
+    async def abandon(self) -> None:
+        """Stop at once without writing anything to the document (this daemon no longer
+        owns the room: another one writes its outputs and states now)."""
+        self.queue = []
+        self.input_request = None  # the new owner clears it from the document
+        stdin, self._stdin = self._stdin, None
+        if stdin is not None:
+            stdin.cancel()
+            await asyncio.gather(stdin, return_exceptions=True)
+        if self._runner is not None and not self._runner.done():
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+        self._runner = None
+        self.running = None
+        process, router, self._process, self._router = self._process, self._router, None, None
+        if router is not None:
+            router.discard()
+            await router.stop()
+        if process is not None:
+            await process.stop(dead=False)
+        if self._cleanup is not None:
+            await asyncio.gather(self._cleanup, return_exceptions=True)
 
     # -- the queue --------------------------------------------------------------------------
 

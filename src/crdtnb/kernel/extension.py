@@ -24,13 +24,14 @@ from ..extensions import (
     DaemonStopping,
     Extension,
     RoomDeleting,
-    RoomLoaded,
-    RoomLoading,
+    RoomDisowned,
+    RoomOwned,
     RoomRenamed,
 )
 from ..origins import KERNEL
 from ..outputs import OutputWriter
-from ..schema import EXECUTION_STATE, KERNEL_STATUS, state_of
+from ..ownership import NotOwner
+from ..schema import EXECUTION_STATE, INPUT_REQUEST, KERNEL_STATUS, state_of
 from ..settings import KernelSettings
 from .agent import CUT_OFF, InputNotPending, KernelAgent, KernelStatus, no_kernel
 from .process import KernelLauncher
@@ -50,7 +51,6 @@ class Kernels(Extension):
         self.launcher = launcher  # a sandbox; None: kernels run as the daemon's own user
         self.agents: dict[str, KernelAgent] = {}
         self.ended: dict[str, KernelStatus] = {}  # rooms whose kernel died or was culled
-        self._cut_off: dict[str, list[str]] = {}
         self._daemon: Daemon | None = None
         self._lock = asyncio.Lock()
         self._culler: asyncio.Task[None] | None = None
@@ -90,27 +90,21 @@ class Kernels(Extension):
         for agent in agents:
             self._forget(agent)
 
-    async def on_room_loading(self, event: RoomLoading) -> None:
-        # No kernel runs for a room that is only now loading: cells it shows as running
-        # were cut off when the daemon last stopped (read before the schema check resets them).
-        def still_running() -> list[str]:
-            return [
-                entry.cell_id
-                for entry in event.index
-                if entry.ymap is not None and entry.cell_id and entry.ymap.get(EXECUTION_STATE) == "running"
-            ]
-
-        running = await asyncio.to_thread(still_running)  # the doc is not shared yet
-        if running:
-            self._cut_off[event.name] = running
-
-    async def on_room_loaded(self, event: RoomLoaded) -> None:
+    async def on_room_owned(self, event: RoomOwned) -> None:
+        """No kernel of ours runs for a room we only now own: a cell it shows as running
+        was cut off when its daemon stopped or was lost. It gets a note and goes idle."""
         room = event.room
-        cut_off = self._cut_off.pop(room.name, [])
+        cut_off = [
+            entry.cell_id
+            for entry in room.index
+            if entry.ymap is not None and entry.cell_id and entry.ymap.get(EXECUTION_STATE) == "running"
+        ]
         state = state_of(room.doc)
         with room.doc.transaction(origin=KERNEL):
             if state.get(KERNEL_STATUS) not in (None, KernelStatus.NONE.value, KernelStatus.DEAD.value):
                 state[KERNEL_STATUS] = KernelStatus.NONE.value
+            if INPUT_REQUEST in state:  # asked by a kernel that is gone
+                del state[INPUT_REQUEST]
             if cut_off:
                 writer = OutputWriter(room.doc, index=room.index)
                 ename, evalue = CUT_OFF
@@ -118,7 +112,14 @@ class Kernels(Extension):
                     writer.add_error(cell_id, ename, evalue, [f"{ename}: {evalue}"])
                     writer.set_execution_state(cell_id, "idle")
         if cut_off:
-            logger.warning("%s: %d cell(s) were cut off by a server stop", room.name, len(cut_off))
+            logger.warning("%s: %d cell(s) were cut off when their kernel was lost", room.name, len(cut_off))
+
+    async def on_room_disowned(self, event: RoomDisowned) -> None:
+        """Another daemon owns the room now: our kernel stops at once, writing nothing."""
+        agent = self.agents.get(event.room.name)
+        if agent is not None:
+            await agent.abandon()
+            self._forget(agent)
 
     async def on_room_renamed(self, event: RoomRenamed) -> None:
         """A running kernel keeps running under the new name (in the directory it
@@ -156,6 +157,8 @@ class Kernels(Extension):
         async with self._lock:
             agent = self.agents.get(name)
             if agent is None:
+                if not self.daemon.ownership.owns(name) and not await self.daemon.ownership.claim(name):
+                    raise NotOwner(f"{name} is owned by another server")
                 room = await self.daemon.rooms.acquire(name)
                 cwd = self.daemon.files.locate(name).parent
                 agent = KernelAgent(room, cwd, self.settings, self.launcher, on_dead=self._on_dead)

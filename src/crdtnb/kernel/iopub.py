@@ -90,6 +90,13 @@ class IopubRouter:
         if state in ("busy", "idle"):
             self.on_status(state)
 
+    def discard(self) -> None:
+        """Forget what is gathered, unwritten (the daemon lost the room)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        self._pending.clear()
+
     def flush(self) -> None:
         if self._flush_timer is not None:
             self._flush_timer.cancel()

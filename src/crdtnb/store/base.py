@@ -34,6 +34,17 @@ class Store(Protocol):
         """Return once `updates` are durably committed, after everything appended before."""
         ...
 
+    async def append_owned(self, room: str, updates: Sequence[bytes]) -> None:
+        """Append changes only the room's owner may make (kernel outputs, file merges):
+        like ``append``, but a store shared by a cluster refuses them (ownership.NotOwner)
+        from a daemon that no longer owns the room."""
+        ...
+
+    async def seed(self, room: str, update: bytes) -> bool:
+        """Store a new room's first state, only if its log is still empty (False: someone
+        else seeded it first, reload it)."""
+        ...
+
     async def load(self, room: str) -> list[bytes]:
         """The room's snapshot (if any) followed by its updates, in append order."""
         ...
