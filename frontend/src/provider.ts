@@ -23,7 +23,8 @@ export const CLOSE_MESSAGES: Record<number, string> = {
   4400: 'not a notebook path under the root',
   4401: 'not authenticated: the token is missing or wrong',
   4403: 'you may not open this notebook',
-  4404: 'no such notebook',
+  4404: 'no such notebook (or it was deleted)',
+  4410: 'the notebook was renamed',
   4422: 'the file is not a valid notebook'
 }
 

@@ -69,6 +69,10 @@ class Kernels(Extension):
         async def endpoint(api: Api, request: Request, path: str) -> Response:
             body = await json_object(request) if request.method == "POST" else {}
             result = await self.request(path, action, body)
+            if action == "status":
+                # What the caller may do with it (the page offers completion and input only then).
+                user = await api.user(request)
+                result["may_execute"] = user is not None and await api.allowed(user, path, Action.EXECUTE)
             return JSONResponse(result, status_code=202 if action == "execute" else 200)
 
         endpoint.__name__ = action
