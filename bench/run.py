@@ -33,7 +33,8 @@ import report  # noqa: E402
 import scenarios  # noqa: E402
 from servers import ALL_KINDS, EXTRA_KINDS, NODE_DIR, ensure_node  # noqa: E402
 
-SCENARIOS = ("fanout", "rooms", "large", "flood", "catchup")
+SCENARIOS = ("fanout", "rooms", "large", "flood", "catchup", "cluster")
+DEFAULT_SCENARIOS = ("fanout", "rooms", "large", "flood", "catchup")  # cluster: asked for with --only
 
 
 def build_config(args: argparse.Namespace, workdir: Path, out: Path) -> scenarios.Config:
@@ -164,6 +165,22 @@ async def run_all(cfg: scenarios.Config, kinds: list[str], only: list[str], resu
             await guarded("catchup", kind, lambda k=kind: scenarios.catchup(cfg, k, cfg.catchup_ns))
     if "flood" in only and "crdtnb" in kinds:
         await guarded("flood", "crdtnb", lambda: scenarios.flood(cfg))
+    if "cluster" in only:
+        import cluster_bench
+
+        base, logs = cfg.workdir, cfg.log_dir or cfg.workdir
+        rooms = 20 if cfg.quick else 1000
+        rates = (1.0,) if cfg.quick else (1.0, 4.0, 8.0, 16.0)
+        window = 2.0 if cfg.quick else 5.0
+        for nodes in (1, 2):
+            await guarded(
+                "cluster", f"rooms/{nodes}",
+                lambda n=nodes: cluster_bench.rooms_throughput(base, logs, n, rooms, 3, rates, window),
+            )
+        big = 20 if cfg.quick else 500
+        for nodes in (1, 2):
+            await guarded("cluster", f"big_room/{nodes}", lambda n=nodes: cluster_bench.big_room(base, logs, n, big, 10.0, window))
+        await guarded("cluster", "failover", lambda: cluster_bench.failover(base, logs, 2 if cfg.quick else 10))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny sizes, no timing asserts")
     parser.add_argument("--out", default=str(BENCH / "results"), help="results folder (default: bench/results)")
     parser.add_argument("--kinds", default=",".join(ALL_KINDS), help=f"servers to run (default: {','.join(ALL_KINDS)})")
-    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"scenarios to run (default: {','.join(SCENARIOS)})")
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT_SCENARIOS), help=f"scenarios to run: {','.join(SCENARIOS)} (default: all but cluster)"
+    )
     parser.add_argument("--reps", type=int, default=3, help="repetitions per measurement (full mode)")
     parser.add_argument("--rooms", type=int, default=0, help="rooms in the many-rooms test (default 1000, quick 20)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to separate CPUs")

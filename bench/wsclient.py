@@ -301,16 +301,19 @@ class SyncPeer:
 class ProbeWriter:
     """Writes latency probes into a Y.Map root ``bench`` of its own document."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: str = "p") -> None:
         self.doc = Doc()
         self.map = self.doc.get("bench", type=Map)
         self.peer = SyncPeer(self.doc)
         self.peer.track_local()
         self.seq = 0
+        # Writers of one room need keys of their own: a server that holds the document
+        # relays a concurrently overwritten entry as deleted, without its probe.
+        self.key = key
 
     def write_probe(self) -> int:
         self.seq += 1
-        self.map["p"] = f"SEQ{self.seq}T{time.monotonic_ns()}E"
+        self.map[self.key] = f"SEQ{self.seq}T{time.monotonic_ns()}E"
         self.peer.flush_local()
         return self.seq
 

@@ -40,3 +40,21 @@ def _catchup_runs(results: dict) -> list[dict]:
         runs += value["n"].values()
     assert runs, "no catch-up points"
     return runs
+
+
+def test_bench_cluster_quick_mode(tmp_path: Path) -> None:
+    """The cluster scenarios run end to end (tiny sizes) against a real redis-server."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    pytest.importorskip("psutil", reason="pip install -e '.[bench]'")
+    subprocess.run([sys.executable, str(BENCH), "--quick", "--only", "cluster", "--out", str(tmp_path)], check=True, timeout=600)
+    cluster = json.loads((tmp_path / "results.json").read_text())["cluster"]
+    for key, value in cluster.items():
+        assert "error" not in value, f"{key}: {value['error']}"
+    for nodes in (1, 2):
+        for figures in cluster[f"rooms/{nodes}"]["rates"].values():
+            assert figures["delivered"] == figures["expected"]
+        assert cluster[f"big_room/{nodes}"]["delivered"] == cluster[f"big_room/{nodes}"]["expected"]
+    assert cluster["failover"]["taken_over"] == cluster["failover"]["kills"]

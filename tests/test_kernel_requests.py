@@ -15,7 +15,7 @@ import pytest
 from crdtnb.client import NotebookClient
 from crdtnb.users import Role, UserStore
 
-from .conftest import Daemon, write_notebook
+from .conftest import Daemon, RedisServer, write_notebook
 
 RUN_TIMEOUT = 90
 
@@ -297,3 +297,34 @@ async def test_post_mortem_debug_runs_through_input_requests(kernel_daemon: Daem
     text = _stream_text(client.outputs(debug))
     assert "p hidden_number\n" in text and "7\n" in text
     await client.close()
+
+
+# -- in a cluster -------------------------------------------------------------------------------
+
+
+async def test_completion_and_input_reach_the_owner_from_any_daemon(redis_server: RedisServer, daemon_factory: Any, root: Path) -> None:
+    write_notebook(root / "far.ipynb", ["gamma_value = 3\nanswer = input('Which? ')\nprint('chose', answer)"])
+    daemons = [daemon_factory("--redis", redis_server.url, "--node-id", f"node{i}") for i in range(2)]
+    first = await daemons[0].connect("far.ipynb")
+    second = await daemons[1].connect("far.ipynb")
+    cell = first.cell_ids()[0]
+    await first.execute([cell])
+    owner = next(d for d in daemons if "far.ipynb" in d.health()["cluster"]["owned"])
+    other, asker = (daemons[1], second) if owner is daemons[0] else (daemons[0], first)
+    request = await _input_request(asker)
+    # Asked of the daemon that does not own the room: forwarded to the owner's kernel.
+    reply = await asker.complete("gamma_")
+    assert "gamma_value" in reply["matches"]
+    assert (await asker.inspect("gamma_value"))["found"]
+    await asker.answer_input(request["id"], "blue")
+    await _wait_idle(first, cell)
+    await second.wait_for(lambda _: "chose blue" in _stream_text(second.outputs(cell)), timeout=30)
+    assert _stream_text(first.outputs(cell)) == "Which? blue\nchose blue\n"
+    assert _post(other, "far.ipynb", "input", {"id": request["id"], "value": "late"}).status_code == 409
+    # Renames and deletes are refused in a cluster, and change nothing.
+    for method, route, body in [("POST", "/api/notebooks/far.ipynb/rename", {"to": "x.ipynb"}), ("DELETE", "/api/notebooks/far.ipynb", None)]:
+        response = httpx.request(method, f"{other.url}{route}", headers={"Authorization": f"token {other.token}"}, json=body, timeout=30)
+        assert response.status_code == 501, response.text
+    assert (root / "far.ipynb").exists() and not (root / "x.ipynb").exists()
+    await first.close()
+    await second.close()

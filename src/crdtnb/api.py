@@ -29,6 +29,7 @@ from .sessions import CSRF_HEADER
 
 if TYPE_CHECKING:
     from .accounts import AccountAuth
+    from .cluster import Cluster
     from .daemon import Daemon
 
 logger = logging.getLogger("crdtnb.api")
@@ -98,8 +99,10 @@ class Api:
         authorize: Authorize,
         allowed_origins: tuple[str, ...] = (),
         accounts: AccountAuth | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.daemon = daemon
+        self.cluster = cluster
         self.authenticate = authenticate
         self.authorize = authorize
         self.accounts = accounts
@@ -212,9 +215,18 @@ class Api:
         if not self.daemon.started:
             return error(503, NOT_STARTED)
         rooms = self.daemon.rooms.rooms
-        return JSONResponse(
-            {"status": "ok", "rooms": len(rooms), "connections": sum(len(room.peers) for room in rooms.values())}
-        )
+        body: dict[str, Any] = {
+            "status": "ok",
+            "node": self.daemon.ownership.node,
+            "rooms": len(rooms),
+            "connections": sum(len(room.peers) for room in rooms.values()),
+        }
+        if self.cluster is not None:
+            body["cluster"] = await self.cluster.info()
+            if body["cluster"]["redis"] != "ok":
+                body["status"] = "degraded: Redis cannot be reached"
+                return JSONResponse(body, status_code=503)
+        return JSONResponse(body)
 
 
 # -- the notebook routes -------------------------------------------------------------------

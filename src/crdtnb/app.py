@@ -27,6 +27,8 @@ from .accounts import AccountAuth
 from .api import Api
 from .auth import Authenticate, Authorize, allow_all
 from .bodies import capped
+from .cluster import Cluster
+from .cluster.limits import RedisLoginLimiter
 from .compaction import Compaction
 from .connections import ConnectionRegistry, watch_changes
 from .contents import Contents
@@ -37,7 +39,7 @@ from .kernel import Kernels
 from .login import login_routes
 from .pages import page_routes
 from .sandbox import choose_sandbox
-from .sessions import LoginLimiter, SessionSigner, load_secret
+from .sessions import LoginLimiter, LoginLimits, SessionSigner, load_secret
 from .settings import Settings
 from .store import Store
 from .sync_endpoint import SyncEndpoint
@@ -82,10 +84,27 @@ class NotebookSync:
         self.files_extension = FileSyncExtension(settings.files)
         self.kernels = Kernels(settings.kernels, launcher)
         self.contents = Contents()
-        builtin = [self.files_extension, Compaction(settings.rooms.compact_min_interval), self.kernels, self.contents]
-        self.daemon = Daemon(settings, store=store, fanout=fanout, extensions=[*builtin, *extensions])
+        builtin: list[object] = [
+            self.files_extension,
+            Compaction(settings.rooms.compact_min_interval),
+            self.kernels,
+            self.contents,
+        ]
+        self.cluster: Cluster | None = None
+        ownership = None
+        if settings.cluster.redis:
+            # Several daemons, one Redis: the rooms' logs, leases and presence live there.
+            self.cluster = Cluster(settings.cluster, compact_rows=settings.rooms.compact_after)
+            store, fanout, ownership = self.cluster.store, self.cluster.fanout, self.cluster.leases
+            builtin.append(self.cluster)
+        self.daemon = Daemon(
+            settings, store=store, fanout=fanout, ownership=ownership, extensions=[*builtin, *extensions]
+        )
         self.accounts: AccountAuth | None = None
-        self.login_limiter = LoginLimiter()
+        # A cluster counts failed logins in Redis: the limit holds across daemons.
+        self.login_limiter: LoginLimits = (
+            RedisLoginLimiter(self.cluster.redis) if self.cluster is not None else LoginLimiter()
+        )
         if authenticate is None:
             state = settings.state_path
             self.accounts = AccountAuth(
@@ -96,7 +115,9 @@ class NotebookSync:
             )
             authenticate = self.accounts.authenticate
             authorize = authorize or self.accounts.authorize
-        self.api = Api(self.daemon, authenticate, authorize or allow_all, settings.access.allowed_origins, self.accounts)
+        self.api = Api(
+            self.daemon, authenticate, authorize or allow_all, settings.access.allowed_origins, self.accounts, self.cluster
+        )
         self.connections = ConnectionRegistry(self.api.authenticate, self.api.authorize)
         self.sync = SyncEndpoint(self.api, settings.transport, self.connections)
         self._routes = self._build_routes()

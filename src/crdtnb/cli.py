@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -28,10 +29,35 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("root", nargs="?", default=".", help="directory of notebooks (default: current)")
     Settings.add_arguments(serve)
     _add_user_commands(commands)
+    cluster = commands.add_parser("cluster", help="a cluster of daemons sharing one Redis")
+    cluster_actions = cluster.add_subparsers(dest="action", required=True)
+    status = cluster_actions.add_parser("status", help="nodes, rooms, owners and lease ages")
+    status.add_argument("--redis", default=os.environ.get("CRDTNB_REDIS"), help="the cluster's Redis URL (default: $CRDTNB_REDIS)")
+    status.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "cluster":
+        return _cluster(args)
     return _users(args)
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from .cluster.status import cluster_status, format_status
+
+    if not args.redis:
+        print("crdtnb: --redis URL (or CRDTNB_REDIS) is needed", file=sys.stderr)
+        return 2
+    try:
+        status = asyncio.run(cluster_status(args.redis))
+    except Exception as exc:
+        print(f"crdtnb: cannot read the cluster at {args.redis}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
 
 
 def _add_user_commands(commands: argparse._SubParsersAction) -> None:

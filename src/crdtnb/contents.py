@@ -36,7 +36,9 @@ from .extensions import DaemonStarted, Extension, RoomDeleting, RoomRenamed
 from .files import InvalidNotebook, NotebookNotFound
 from .filesync import FileSyncExtension
 from .origins import SERVER
+from .ownership import LocalOwnership
 from .schema import MOVED_TO, state_of
+from .store import RenameUnsupported
 from .transport import CloseCode
 
 if TYPE_CHECKING:
@@ -80,6 +82,7 @@ class Contents(Extension):
     async def rename(self, old: str, new: str) -> None:
         """Move the notebook ``old`` to ``new`` with its room, log and kernel;
         FileExistsError if ``new`` exists, NotebookNotFound if ``old`` does not."""
+        self._single_daemon("renaming")
         daemon = self.daemon
         files, rooms, store = daemon.files, daemon.rooms, daemon.store
         if old == new:
@@ -98,6 +101,9 @@ class Contents(Extension):
                     room = rooms.rename(old, new)
                     try:
                         await store.rename_room(old, new)
+                    except RenameUnsupported as exc:
+                        rooms.rename(new, old)
+                        raise RequestError(501, str(exc)) from None
                     except BaseException:
                         rooms.rename(new, old)
                         raise
@@ -120,8 +126,14 @@ class Contents(Extension):
             await room.flushed()  # relayed: every peer has the new path before its close
             room.disconnect(CloseCode.MOVED, f"moved to {new}")
 
+    def _single_daemon(self, what: str) -> None:
+        # Other daemons of a cluster would keep the room open, and its peers writing to it.
+        if not isinstance(self.daemon.ownership, LocalOwnership):
+            raise RequestError(501, f"{what} a notebook is not supported in a cluster (yet)")
+
     async def delete(self, name: str) -> None:
         """Delete the notebook ``name``: its kernel, room (unsaved), file and log."""
+        self._single_daemon("deleting")
         daemon = self.daemon
         files, rooms = daemon.files, daemon.rooms
         async with rooms.exclusive(name):

@@ -102,11 +102,14 @@ class RoomOwned:
 
 @dataclass(frozen=True)
 class RoomDisowned:
-    """This daemon no longer owns the room (its lease lapsed or was handed over): stop the
-    owner's work at once, writing nothing (another daemon does it now)."""
+    """This daemon no longer owns the room: stop the owner's work. If its lease lapsed
+    or was taken (``graceful`` false) stop at once, writing nothing (another daemon does
+    it now); if it is handing the room over (``graceful``), it still holds the lease
+    while this hook runs: finish cleanly (save, note the cells cut off)."""
 
     room: Room
     reason: str
+    graceful: bool = False
 
 
 @dataclass(frozen=True)

@@ -371,10 +371,11 @@ class FileSyncExtension(Extension):
         self.syncs[room.name] = sync
 
     async def on_room_disowned(self, event: RoomDisowned) -> None:
-        """Another daemon keeps the file now: stop, writing nothing."""
+        """Another daemon keeps the file now: stop (saving first if this is a handover;
+        writing nothing if the lease was lost)."""
         sync = self.syncs.pop(event.room.name, None)
         if sync is not None:
-            await sync.stop()
+            await (sync.close() if event.graceful else sync.stop())
 
     def on_changes_durable(self, event: ChangesDurable) -> None:
         sync = self.syncs.get(event.room.name)

@@ -13,9 +13,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .auth import call_hook
 from .bodies import LOGIN_BODY_BYTES
 from .pages import SECURITY_HEADERS
-from .sessions import COOKIE_NAME, LoginLimiter, SessionSigner
+from .sessions import COOKIE_NAME, LoginLimits, SessionSigner
 from .users import UserStore
 
 HEADERS = {
@@ -73,7 +74,7 @@ def _page(request: Request, *, name: str = "", next_url: str = "/", error: str =
 def login_routes(
     users: UserStore,
     signer: SessionSigner,
-    limiter: LoginLimiter,
+    limiter: LoginLimits,
     origin_allowed: Callable[[Request], bool],
 ) -> list[BaseRoute]:
     async def login_form(request: Request) -> Response:
@@ -87,7 +88,7 @@ def login_routes(
         next_url = _safe_next(fields.get("next"))
         client = request.client.host if request.client else "?"
         keys = (f"user:{name}", f"ip:{client}")
-        wait = limiter.blocked(*keys)
+        wait = await call_hook(limiter.blocked, *keys)
         if wait > 0:
             blocked = _page(request, name=name, next_url=next_url, error="Too many failed attempts: try again later.", status=429)
             blocked.headers["Retry-After"] = str(int(wait) + 1)
@@ -95,9 +96,9 @@ def login_routes(
         # argon2 is deliberately slow: keep it off the event loop.
         account = await asyncio.to_thread(users.verify_password, name, password)
         if account is None:
-            limiter.failed(*keys)
+            await call_hook(limiter.failed, *keys)
             return _page(request, name=name, next_url=next_url, error="Wrong user name or password.", status=401)
-        limiter.succeeded(*keys)
+        await call_hook(limiter.succeeded, *keys)
         cookie, session = signer.issue(account.name)
         await asyncio.to_thread(users.add_session, session.id, session.user, session.expires)
         response: Response

@@ -73,6 +73,7 @@ def _origin_label(origin: object) -> str:
 class Metrics(Extension):
     def __init__(self, token: str | None = None, node: str | None = None) -> None:
         self.token = token.encode() if token else None
+        self._node_given = node
         self.node = node or socket.gethostname()
         self.registry = CollectorRegistry()
         labels = ["node"]
@@ -138,6 +139,8 @@ class Metrics(Extension):
 
     async def on_daemon_started(self, event: DaemonStarted) -> None:
         self._daemon = event.daemon
+        if self._node_given is None:
+            self.node = event.daemon.ownership.node  # the cluster's name for this daemon
         self._lag_task = asyncio.create_task(self._watch_loop_lag(), name="metrics:loop-lag")
 
     async def on_daemon_stopping(self, event: DaemonStopping) -> None:
@@ -206,6 +209,9 @@ class _Scraped(Collector):
         rooms = GaugeMetricFamily("crdtnb_rooms_open", "Rooms (open notebooks) loaded", labels=["node"])
         rooms.add_metric([node], len(daemon.rooms.rooms))
         yield rooms
+        owned = GaugeMetricFamily("crdtnb_rooms_owned", "Open rooms this daemon owns (runs kernels, saves)", labels=["node"])
+        owned.add_metric([node], sum(1 for name in daemon.rooms.rooms if daemon.ownership.owns(name)))
+        yield owned
         connections = GaugeMetricFamily("crdtnb_connections", "Open websocket connections, by role", labels=["node", "role"])
         roles = list(metrics._roles.values())
         for role in ("writer", "reader"):

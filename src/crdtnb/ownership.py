@@ -7,6 +7,7 @@ cannot write as the owner any more, and is told (``on_room_disowned``)."""
 
 from __future__ import annotations
 
+import socket
 from typing import Protocol
 
 
@@ -33,8 +34,8 @@ class Ownership(Protocol):
 class LocalOwnership:
     """A single daemon owns every room it has open."""
 
-    def __init__(self, node: str = "local") -> None:
-        self.node = node
+    def __init__(self, node: str | None = None) -> None:
+        self.node = node or socket.gethostname()
         self._owned: set[str] = set()
 
     async def claim(self, room: str) -> bool:

@@ -182,6 +182,24 @@ class Room:
         with self.doc.transaction(origin=origin):
             self.doc.apply_update(update)
 
+    def apply_remote_awareness(self, payload: bytes, node: object) -> None:
+        """Presence from another daemon's clients (checked and stamped there): kept for
+        late joiners and delivered to this daemon's peers, not published again."""
+        accepted = self.awareness.apply(read_awareness(payload), owner=node)
+        if accepted:
+            self.deliver(encode_awareness(write_awareness(accepted)))
+
+    def forget_remote(self, node: object) -> None:
+        """Another daemon is gone: its clients' presence goes with it."""
+        removal = self.awareness.remove_owner(node)
+        if removal is not None:
+            self.deliver(encode_awareness(removal))
+
+    def deliver(self, message: bytes) -> None:
+        """Send to this daemon's peers only."""
+        for peer in list(self.peers):
+            peer.send(message)
+
     def on_awareness(self, peer: Peer, payload: bytes, user: User | None = None) -> None:
         """Record and relay presence. A peer may only speak for client ids that are
         not another peer's, and the server stamps who it really is on its state."""

@@ -194,6 +194,21 @@ class RoomManager:
         if entry is not None:
             await self.hooks.run("on_room_disowned", RoomDisowned(entry.room, reason))
 
+    async def hand_over(self, name: str) -> bool:
+        """Give an open room's ownership up cleanly (draining a daemon in a cluster): the
+        owner's work finishes (a save, notes on cut-off cells), then the lease goes."""
+        entry = self._open.get(name)
+        if entry is None or not self.ownership.owns(name):
+            return False
+        room = entry.room
+        await self.hooks.run("on_room_disowned", RoomDisowned(room, "handed over", graceful=True))
+        try:
+            await room.flushed()
+        except RoomBroken:
+            pass
+        await self.ownership.release(name)
+        return True
+
     def _room_broke(self, room: Room, reason: str) -> None:
         task = asyncio.create_task(self._drop_broken(room, reason), name=f"drop:{room.name}")
         self._broken_tasks.add(task)

@@ -15,8 +15,10 @@ import os
 import secrets
 import time
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 COOKIE_NAME = "crdtnb_session"
 CSRF_HEADER = "x-csrf-token"
@@ -74,6 +76,15 @@ class SessionSigner:
 
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest())
+
+
+class LoginLimits(Protocol):
+    """Failed-login accounting (sync or async): in memory for one daemon (LoginLimiter),
+    in Redis for a cluster (cluster/limits.py)."""
+
+    def blocked(self, *keys: str) -> float | Awaitable[float]: ...
+    def failed(self, *keys: str) -> None | Awaitable[None]: ...
+    def succeeded(self, *keys: str) -> None | Awaitable[None]: ...
 
 
 class LoginLimiter:

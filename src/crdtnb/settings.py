@@ -134,6 +134,18 @@ class KernelSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """Several daemons serving the same ROOT through one Redis (README: "Cluster")."""
+
+    redis: str | None = option(
+        None, "Redis URL (redis://HOST:PORT/DB) of the cluster; none: this daemon alone", env="CRDTNB_REDIS"
+    )
+    node_id: str | None = option(None, "this daemon's name in the cluster (default: host-pid)", flag="--node-id")
+    lease_ttl: float = option(3.0, "seconds a room's owner lease lives without renewal", parse=float)
+    lease_renew: float = option(1.0, "seconds between two renewals of the leases", parse=float)
+
+
+@dataclass(frozen=True)
 class TransportLimits:
     """Each websocket connection."""
 
@@ -161,6 +173,7 @@ class Settings:
     files: FileSettings = field(default_factory=FileSettings)
     kernels: KernelSettings = field(default_factory=KernelSettings)
     transport: TransportLimits = field(default_factory=TransportLimits)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -200,7 +213,7 @@ class Settings:
         return cls(root=Path(root), state_dir=getattr(args, _dest("", _field(Settings, "state_dir"))), **sections)
 
 
-_SECTIONS = ("server", "access", "rooms", "files", "kernels", "transport")
+_SECTIONS = ("server", "access", "rooms", "files", "kernels", "transport", "cluster")
 
 
 def _section_type(section: str) -> type[Any]:
@@ -241,6 +254,7 @@ def _add_field(group: Any, section: str, f: Any) -> None:
 
 __all__ = [
     "AccessSettings",
+    "ClusterSettings",
     "FileSettings",
     "KernelSettings",
     "RoomSettings",

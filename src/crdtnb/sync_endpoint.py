@@ -19,6 +19,7 @@ from .auth import Action
 from .connections import ConnectionRegistry
 from .files import InvalidNotebook, NotebookNotFound, PathError
 from .settings import TransportLimits
+from .store import StoreUnavailable
 from .transport import CloseCode, run_peer
 
 logger = logging.getLogger("crdtnb.sync")
@@ -69,6 +70,9 @@ class SyncEndpoint:
             return
         except PathError as exc:
             await websocket.close(CloseCode.BAD_PATH, str(exc))
+            return
+        except StoreUnavailable:
+            await websocket.close(CloseCode.TRY_AGAIN_LATER, "the store is unreachable: edits cannot be made durable")
             return
         except Exception:
             logger.exception("opening %s failed", name)

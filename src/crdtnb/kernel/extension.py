@@ -53,6 +53,9 @@ class Kernels(Extension):
         self.ended: dict[str, KernelStatus] = {}  # rooms whose kernel died or was culled
         self._daemon: Daemon | None = None
         self._lock = asyncio.Lock()
+        # Forwards a request to the room's owner (set by the cluster extension).
+        # (None from it: the room has no owner now, this daemon may take it.)
+        self.remote: Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any] | None]] | None = None
         self._culler: asyncio.Task[None] | None = None
 
     # -- hooks ------------------------------------------------------------------------
@@ -122,7 +125,10 @@ class Kernels(Extension):
         """Another daemon owns the room now: our kernel stops at once, writing nothing."""
         agent = self.agents.get(event.room.name)
         if agent is not None:
-            await agent.abandon()
+            if event.graceful:
+                await agent.shutdown(lost=True)  # a running cell gets its note
+            else:
+                await agent.abandon()
             self._forget(agent)
 
     async def on_room_renamed(self, event: RoomRenamed) -> None:
@@ -161,9 +167,10 @@ class Kernels(Extension):
         async with self._lock:
             agent = self.agents.get(name)
             if agent is None:
-                if not self.daemon.ownership.owns(name) and not await self.daemon.ownership.claim(name):
-                    raise NotOwner(f"{name} is owned by another server")
                 room = await self.daemon.rooms.acquire(name)
+                if not self.daemon.ownership.owns(name):
+                    self.daemon.rooms.release(room)
+                    raise NotOwner(f"{name} is owned by another server")
                 cwd = self.daemon.files.locate(name).parent
                 agent = KernelAgent(room, cwd, self.settings, self.launcher, on_dead=self._on_dead)
                 self.agents[name] = agent
@@ -213,11 +220,20 @@ class Kernels(Extension):
     # -- requests -------------------------------------------------------------------------
 
     async def request(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Every request to a room's kernel goes through here, whichever way it came
-        (a REST route, another node of a cluster): ``action`` is one of ``ACTIONS``,
-        ``body`` its JSON arguments; the answer is JSON too. The caller has checked
-        that the user may do ``ACTIONS[action]`` on ``name`` (a canonical name).
-        Refusals raise RequestError."""
+        """Every request to a room's kernel goes through here, whichever way it came:
+        run by this daemon when it owns the room (or can claim it), else forwarded to the
+        owner (in a cluster). ``action`` is one of ``ACTIONS``, ``body`` its JSON
+        arguments; the answer is JSON too. The caller has checked that the user may do
+        ``ACTIONS[action]`` on ``name`` (a canonical name). Refusals raise RequestError."""
+        if self.remote is not None and not self.daemon.ownership.owns(name):
+            answer = await self.remote(name, action, body)
+            if answer is not None:
+                return answer
+            # Nobody owns the room: this daemon opens it and takes it.
+        return await self.handle(name, action, body)
+
+    async def handle(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Run a kernel request on the owner."""
         handler = {
             "execute": self._execute,
             "interrupt": self._interrupt,
@@ -229,7 +245,7 @@ class Kernels(Extension):
             "input": self._input,
         }.get(action)
         if handler is None:
-            raise RequestError(404, f"no kernel action {action!r}")
+            raise RequestError(400, f"unknown kernel request {action!r}")
         return await handler(name, body)
 
     async def _execute(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
