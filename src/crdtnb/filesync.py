@@ -25,7 +25,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -40,9 +41,11 @@ from .extensions import (
     FileFailed,
     FileMerged,
     FileSaved,
+    RoomDeleting,
     RoomDisowned,
     RoomLoading,
     RoomOwned,
+    RoomRenamed,
     RoomUnloading,
 )
 from .files import FileChanged, FileStamp, InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
@@ -133,11 +136,13 @@ class FileSync:
         self._task = asyncio.create_task(self._run(), name=f"filesync:{self.room.name}")
 
     async def stop(self) -> None:
-        """Stop polling and saving (nothing is written)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop polling and saving (nothing more is written). A save under way is let
+        finish first: its write runs on a thread that no cancel would stop."""
+        async with self._lock:
+            if self._task is not None:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+                self._task = None
 
     async def close(self) -> None:
         """Stop, saving unsaved changes first."""
@@ -145,6 +150,16 @@ class FileSync:
         await self.room.flushed()
         if self._dirty_since is not None:
             await self.save()
+
+    @asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """No read or write of the file while the block runs (it is being moved)."""
+        async with self._lock:
+            yield
+
+    def moved(self) -> None:
+        """The room's file is now the one of its (new) name."""
+        self._real = self.files.resolve(self.room.name)
 
     @property
     def dirty(self) -> bool:
@@ -371,6 +386,27 @@ class FileSyncExtension(Extension):
         sync = self.syncs.pop(event.room.name, None)
         if sync is not None:
             await sync.close()
+
+    @asynccontextmanager
+    async def paused(self, name: str) -> AsyncIterator[None]:
+        """The open room's file is neither read nor written while the block runs."""
+        sync = self.syncs.get(name)
+        if sync is None:
+            yield
+            return
+        async with sync.paused():
+            yield
+
+    async def on_room_renamed(self, event: RoomRenamed) -> None:
+        sync = self.syncs.pop(event.old, None)
+        if sync is not None:
+            sync.moved()
+            self.syncs[event.new] = sync
+
+    async def on_room_deleting(self, event: RoomDeleting) -> None:
+        sync = self.syncs.pop(event.name, None)
+        if sync is not None:
+            await sync.stop()
 
     async def save_now(self, api: Api, request: Request, path: str) -> Response:
         """Write the notebook to its file now (Ctrl+S)."""

@@ -1,7 +1,7 @@
 """The default store: SQLite in WAL mode.
 
 * One writer thread owns the only write connection. Jobs (appends, meta writes, compaction
-  swaps, deletes) queue up while a transaction commits and then share the next transaction
+  swaps, renames, deletes) queue up while a transaction commits and then share the next transaction
   (group commit), so 50 rooms typing at once cost one commit, not 50.
 * Reads run on a small pool of reader threads, each with its own connection. WAL lets them read
   a consistent snapshot while the writer commits: loading a big room never delays appends on
@@ -641,6 +641,31 @@ class SQLiteStore(Store):
 
         await self._submit(write, committed)
 
+    async def rename_room(self, old: str, new: str) -> None:
+        self._check_open()
+        _check_room(old)
+        _check_room(new)
+        if old == new:
+            return
+
+        def write(conn: sqlite3.Connection) -> None:
+            stale = _room_id(conn, new, create=False)
+            if stale is not None:  # a log left by a file of that name that is gone
+                conn.execute("DELETE FROM updates WHERE room_id = ?", (stale,))
+                conn.execute("DELETE FROM meta WHERE room_id = ?", (stale,))
+                conn.execute("DELETE FROM rooms WHERE id = ?", (stale,))
+            # The id stays: a compaction planned under the old name still lands on this room.
+            conn.execute("UPDATE rooms SET name = ? WHERE name = ?", (new, old))
+
+        def committed(_: None) -> None:
+            size = self._log_sizes.pop(old, None)
+            self._log_sizes.pop(new, None)
+            if size is not None:
+                self._log_sizes[new] = size
+
+        # Submitted before this coroutine first suspends: ordered after every earlier call.
+        await self._submit(write, committed)
+
     # compaction
 
     def needs_compaction(self, room: str) -> bool:
@@ -663,10 +688,11 @@ class SQLiteStore(Store):
             if plan is None:
                 return
 
-            def swap(conn: sqlite3.Connection) -> bool:
-                found = conn.execute("SELECT snapshot_seq FROM rooms WHERE id = ?", (plan.room_id,)).fetchall()
+            def swap(conn: sqlite3.Connection) -> str | None:
+                """The room's name now (it may have been renamed meanwhile), None if deleted."""
+                found = conn.execute("SELECT snapshot_seq, name FROM rooms WHERE id = ?", (plan.room_id,)).fetchall()
                 if not found:
-                    return False  # deleted meanwhile: nothing left to compact
+                    return None  # deleted meanwhile: nothing left to compact
                 if found[0][0] != plan.base_seq:
                     raise CompactionError(f"room {room!r} was compacted by someone else meanwhile")
                 conn.execute(
@@ -678,12 +704,12 @@ class SQLiteStore(Store):
                 ).rowcount
                 if deleted != plan.rows:  # rolls back this job: the log stays as it was
                     raise CompactionError(f"room {room!r}: expected to merge {plan.rows} rows, found {deleted}")
-                return True
+                return str(found[0][1])
 
-            def committed(swapped: bool) -> None:
-                if swapped:
-                    rows, nbytes = self._log_sizes.get(room, (0, 0))
-                    self._log_sizes[room] = (max(rows - plan.rows, 0), max(nbytes - plan.nbytes, 0))
+            def committed(name: str | None) -> None:
+                if name is not None:
+                    rows, nbytes = self._log_sizes.get(name, (0, 0))
+                    self._log_sizes[name] = (max(rows - plan.rows, 0), max(nbytes - plan.nbytes, 0))
 
             await self._submit(swap, committed)
 
