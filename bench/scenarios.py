@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -17,10 +18,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 from pycrdt import Array, Doc, Text
-from servers import BENCH, Server, small_notebook
+from servers import BENCH, NODE_CLIENT, Server, small_notebook
 from wsclient import ProbeWriter, SyncPeer, Typist
 
 MB = 2**20
+# Figures summarised over repetitions for each fan-out point (Python clients, Node clients).
+FANOUT_FIGURES = ("p50_ms", "p99_ms", "deliveries_per_s", "cpu_ms_per_1000", "client_cpu_util", "server_cpu_util")
+NODE_FIGURES = FANOUT_FIGURES + ("window_cpu_ms_per_1000", "run_cpu_s", "connect_cpu_s", "connect_s")
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Config:
     window: float = 3.0  # seconds of writing per fan-out measurement
     drain: float = 3.0  # seconds to wait for late deliveries after the last send
     fanout_points: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    node_settle: float = 1.0  # node clients: seconds from the last sync to the first write
     rooms: int = 1000
     large_cells: int = 1000
     flood_lines: int = 10**6
@@ -123,7 +128,7 @@ async def fanout(cfg: Config, kind: str, clients: int, rates: tuple[int, ...]) -
     server = cfg.server(kind, f"fanout{clients}")
     server.prepare_rooms(["fanout"])
     server.start()
-    out: dict = {"kind": kind, "clients": clients, "rates": {}}
+    out: dict = {"kind": kind, "clients": clients, "client": "python", "rates": {}}
     peers: list[SyncPeer] = []
     writer = ProbeWriter()
     try:
@@ -181,7 +186,7 @@ async def fanout(cfg: Config, kind: str, clients: int, rates: tuple[int, ...]) -
                 await asyncio.sleep(0.3)
             out["rates"][str(rate)] = {
                 "reps": reps,
-                **{key: summary([r[key] for r in reps]) for key in ("p50_ms", "p99_ms", "deliveries_per_s", "cpu_ms_per_1000", "client_cpu_util", "server_cpu_util")},
+                **{key: summary([r[key] for r in reps]) for key in FANOUT_FIGURES},
                 "lost": sum(r["lost"] for r in reps),
                 "disconnected": sum(r["disconnected"] for r in reps),
             }
@@ -191,6 +196,88 @@ async def fanout(cfg: Config, kind: str, clients: int, rates: tuple[int, ...]) -
         close_all(peers)
         writer.peer.close()
         await asyncio.sleep(0.1)
+        server.stop()
+    return out
+
+
+async def node_clients_run(cfg: Config, server: Server, clients: int, rate: int, window: float) -> dict:
+    """One run of bench/node/fanout_client.mjs: ``clients`` real Yjs providers connect, one
+    writes at ``rate`` for ``window`` seconds, the others record what reaches them. The
+    server's CPU is read when the process starts and at each phase it reports, so a run has
+    both its whole cost (connects included, as a page full of editors costs) and the writing
+    window's. The client process inherits this process's CPU pinning."""
+    args = {**server.node_target("fanout"), "clients": clients, "rate": rate, "window": window, "drain": cfg.drain, "settle": cfg.node_settle}
+    marks: dict[str, float] = {"start": server.cpu_seconds()}
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("node") or "node", str(NODE_CLIENT), json.dumps(args),
+        cwd=str(NODE_CLIENT.parent), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    result: dict | None = None
+    error: str | None = None
+    budget = 180 + cfg.node_settle + window + cfg.drain  # the client's own connect timeout is 120 s
+
+    async def read() -> None:
+        nonlocal result, error
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            event = message.get("event")
+            if event in ("synced", "writing", "drained"):
+                marks[event] = server.cpu_seconds()
+            elif event == "result":
+                result = message
+            elif event == "error":
+                error = message.get("error", "?")
+
+    try:
+        await asyncio.wait_for(asyncio.gather(read(), proc.wait()), budget)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"the node clients did not finish in {budget:.0f} s") from None
+    stderr = (await proc.stderr.read()).decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0 or result is None or error:
+        raise RuntimeError(f"node clients failed ({proc.returncode}): {(error or stderr).strip()[-600:]}")
+    await server.wait_quiet()  # the clients' departure, relayed to the others, is not the next run's
+    delivered = result["delivered"]
+    run_cpu = marks["drained"] - marks["start"]
+    window_cpu = marks["drained"] - marks["writing"]
+    return {
+        **{k: result[k] for k in ("sent", "expected", "delivered", "lost", "p50_ms", "p99_ms", "max_ms", "deliveries_per_s",
+                                  "disconnected", "client_cpu_util", "connect_s", "extensions")},
+        "cpu_ms_per_1000": run_cpu / delivered * 1e6 if delivered else None,
+        "window_cpu_ms_per_1000": window_cpu / delivered * 1e6 if delivered else None,
+        "run_cpu_s": run_cpu,
+        "connect_cpu_s": marks["synced"] - marks["start"],
+        "server_cpu_util": window_cpu / result["window_s"],
+    }
+
+
+async def fanout_node(cfg: Config, kind: str, clients: int, rates: tuple[int, ...]) -> dict:
+    """The fan-out matrix with real Yjs clients: one server start per client count, one fresh
+    node client process (N providers) per rate and repetition."""
+    server = cfg.server(kind, f"fanoutnode{clients}")
+    server.prepare_rooms(["fanout"])
+    server.start()
+    out: dict = {"kind": kind, "clients": clients, "client": "node", "rates": {}}
+    try:
+        # warm-up: not measured (the node servers' JIT, the Python servers' first room)
+        await node_clients_run(cfg, server, clients, rates[0], 0.5)
+        for rate in rates:
+            reps = [await node_clients_run(cfg, server, clients, rate, cfg.window) for _ in range(cfg.reps)]
+            out["rates"][str(rate)] = {
+                "reps": reps,
+                **{key: summary([r[key] for r in reps]) for key in NODE_FIGURES},
+                "lost": sum(r["lost"] for r in reps),
+                "disconnected": sum(r["disconnected"] for r in reps),
+            }
+        out["peak_rss_mb"] = server.peak_rss() / MB
+        out["rss_end_mb"] = server.rss() / MB
+        out["extensions"] = reps[-1]["extensions"]  # what the server accepted of ws's offer
+    finally:
         server.stop()
     return out
 
