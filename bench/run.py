@@ -60,6 +60,8 @@ def build_config(args: argparse.Namespace, workdir: Path, out: Path) -> scenario
         cfg.reps = args.reps
         cfg.flood_reps = max(args.reps, 5)
         cfg.fanout_points = tuple((clients, FANOUT_RATES) for clients in (10, 100, 500))
+    if args.points:
+        cfg.fanout_points = parse_points(args.points)
     if args.rooms:
         cfg.rooms = args.rooms
     cpus = os.sched_getaffinity(0)
@@ -68,6 +70,15 @@ def build_config(args: argparse.Namespace, workdir: Path, out: Path) -> scenario
         cfg.server_cpus = {ordered[0]}
         os.sched_setaffinity(0, {ordered[1]})
     return cfg
+
+
+def parse_points(text: str) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """"10:10,1000;500:200" -> ((10, (10, 1000)), (500, (200,)))"""
+    points = []
+    for part in text.split(";"):
+        clients, _, rates = part.partition(":")
+        points.append((int(clients), tuple(int(r) for r in rates.split(","))))
+    return tuple(points)
 
 
 def machine_info(kinds: list[str], cfg: scenarios.Config) -> dict:
@@ -207,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default=",".join(DEFAULT_SCENARIOS), help=f"scenarios to run: {','.join(SCENARIOS)} (default: all but cluster)"
     )
     parser.add_argument("--reps", type=int, default=3, help="repetitions per measurement (full mode)")
+    parser.add_argument("--points", default="", help='fan-out points instead of the mode\'s, e.g. "10:10,1000;500:200" (clients:rates;...)')
     parser.add_argument("--rooms", type=int, default=0, help="rooms in the many-rooms test (default 1000, quick 20)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to separate CPUs")
     parser.add_argument("--merge", action="store_true", help="keep OUT/results.json and replace only the scenarios run now (e.g. re-run --only flood)")

@@ -206,7 +206,9 @@ async def node_clients_run(cfg: Config, server: Server, clients: int, rate: int,
     server's CPU is read when the process starts and at each phase it reports, so a run has
     both its whole cost (connects included, as a page full of editors costs) and the writing
     window's. The client process inherits this process's CPU pinning."""
-    args = {**server.node_target("fanout"), "clients": clients, "rate": rate, "window": window, "drain": cfg.drain, "settle": cfg.node_settle}
+    connect_timeout = max(120.0, clients * 0.5)  # a loaded 2-core machine, Python servers and N² presence messages
+    args = {**server.node_target("fanout"), "clients": clients, "rate": rate, "window": window, "drain": cfg.drain,
+            "settle": cfg.node_settle, "connectTimeout": connect_timeout, "quietTimeout": 30}
     marks: dict[str, float] = {"start": server.cpu_seconds()}
     proc = await asyncio.create_subprocess_exec(
         shutil.which("node") or "node", str(NODE_CLIENT), json.dumps(args),
@@ -214,7 +216,7 @@ async def node_clients_run(cfg: Config, server: Server, clients: int, rate: int,
     )
     result: dict | None = None
     error: str | None = None
-    budget = 180 + cfg.node_settle + window + cfg.drain  # the client's own connect timeout is 120 s
+    budget = connect_timeout + 30 + cfg.node_settle + window + cfg.drain + 60
 
     async def read() -> None:
         nonlocal result, error

@@ -31,6 +31,7 @@ const defaults = {
   settle: 1, // seconds between the last sync and the first write (awareness of the joins)
   concurrency: 50, // connections being opened at once
   connectTimeout: 120, // seconds for every provider to be synced
+  quietTimeout: 30, // seconds to wait for the joins' presence messages to stop
 };
 
 // Every WebsocketProvider adds a process "exit" listener.
@@ -39,6 +40,8 @@ process.setMaxListeners(0);
 const config = { ...defaults, ...JSON.parse(process.argv[2] || "{}") };
 const PROBE = /^SEQ(\d+)T(\d+)E$/;
 const WRITER_KEY = "w0"; // one writer here; several would each take a key of their own
+
+let awarenessUpdates = 0; // presence messages applied by all providers (the joins' storm)
 
 const emit = (event, fields = {}) => process.stdout.write(`${JSON.stringify({ event, ...fields })}\n`);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -84,6 +87,9 @@ class Client {
       this.provider.on("synced", (state) => state && onSynced());
       this.provider.on("connection-close", onClose);
     }
+    this.provider.awareness?.on("update", () => {
+      awarenessUpdates += 1;
+    });
   }
 
   /** The websocket extensions the server accepted (e.g. "permessage-deflate"), or "". */
@@ -141,7 +147,15 @@ async function connectAll(count) {
       await client.synced;
     }
   };
-  await Promise.all(Array.from({ length: Math.min(config.concurrency, count) }, worker));
+  // a slow server's progress, for the harness's error message
+  const progress = setInterval(() => {
+    process.stderr.write(`${clients.filter((c) => c.isSynced).length} of ${count} providers synced\n`);
+  }, 5000);
+  try {
+    await Promise.all(Array.from({ length: Math.min(config.concurrency, count) }, worker));
+  } finally {
+    clearInterval(progress);
+  }
   return clients;
 }
 
@@ -169,6 +183,13 @@ async function main() {
     });
   });
   emit("synced", { connect_s: connectSeconds });
+  // Every join's presence is relayed to everyone there: N² messages that are still arriving
+  // when the last provider is synced. Writing starts once they stopped, and `settle` later.
+  const quietUntil = performance.now() + config.quietTimeout * 1000;
+  for (let seen = -1; seen !== awarenessUpdates && performance.now() < quietUntil; ) {
+    seen = awarenessUpdates;
+    await sleep(250);
+  }
   await sleep(config.settle * 1000);
 
   const total = Math.max(1, Math.round(config.rate * config.window));
