@@ -35,7 +35,8 @@ MSG_SYNC, MSG_AWARENESS = 0, 1
 STEP1, STEP2, UPDATE = 0, 1, 2
 EMPTY_UPDATE = b"\x00\x00"  # v1: no structs, empty delete set
 # Hocuspocus's Auth message (type 2): the client's Token (0); the server's PermissionDenied (1)
-MSG_AUTH, AUTH_TOKEN, AUTH_PERMISSION_DENIED = 2, 0, 1
+# and Authenticated (2)
+MSG_AUTH, AUTH_TOKEN, AUTH_PERMISSION_DENIED, AUTH_AUTHENTICATED = 2, 0, 1, 2
 
 
 def frame_sync(sub: int, body: bytes) -> bytes:
@@ -246,16 +247,24 @@ class SyncPeer:
         self._local: list[bytes] = []
         self._sub = None
         self._address = b""  # Hocuspocus: the document's name before every message
+        self._authenticated: asyncio.Future | None = None
 
     async def connect(self, url: str, *, sync: bool = True, seed: bytes | None = None, timeout: float = 60) -> SyncPeer:
         """Open the connection and send our step1. ``seed``: an update sent first (so that the
         step2 answer comes after the server has it)."""
-        self.synced = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.synced = loop.create_future()
+        self._authenticated = loop.create_future()
         self.ws = WSClient(self._on_message)
         await ws_connect(url, timeout=timeout, client=self.ws)
         if isinstance(url, HocuspocusURL):
             self._address = var_string(url.document)
             self._send(bytes((MSG_AUTH, AUTH_TOKEN)) + var_string(""))  # no token: the bench server has no auth hook
+            if seed is not None:
+                # Hocuspocus holds at most 5 MiB of messages per connection until it has
+                # authenticated it: a large seed waits for the answer.
+                if not await asyncio.wait_for(asyncio.shield(self._authenticated), timeout):
+                    raise ConnectionError("Hocuspocus denied access to the document")
         if seed is not None:
             self._send(frame_sync(UPDATE, seed))
         if sync:
@@ -280,8 +289,10 @@ class SyncPeer:
         if self._address:  # Hocuspocus: skip the document's name
             length, pos = read_var_uint(msg, 0)
             msg = msg[pos + length :]
-            if len(msg) >= 2 and msg[0] == MSG_AUTH and msg[1] == AUTH_PERMISSION_DENIED:
-                if self.synced is not None and not self.synced.done():
+            if len(msg) >= 2 and msg[0] == MSG_AUTH:
+                if self._authenticated is not None and not self._authenticated.done():
+                    self._authenticated.set_result(msg[1] == AUTH_AUTHENTICATED)
+                if msg[1] == AUTH_PERMISSION_DENIED and self.synced is not None and not self.synced.done():
                     self.synced.set_exception(ConnectionError("Hocuspocus denied access to the document"))
                 return
         if len(msg) < 2 or msg[0] != MSG_SYNC:
