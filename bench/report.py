@@ -265,22 +265,24 @@ def render(results: dict, plot_name: str = "fanout.png", cpu_plot_name: str = "f
             "One fresh process per repetition: the N providers connect and sync, then one writes Y.Map entries at the rate. "
             "Latency: the writer's `map.set` to each other provider's map observer (the update decoded and applied). "
             "*CPU run*: server CPU ms per 1000 deliveries over the whole run, connects included; *CPU window*: while writing only. "
+            "*connect s*: until every provider is synced; *leave s*: after the providers closed, until the server is idle again "
+            "(each departure's presence removal is relayed to those still there; the next run waits for it). "
             "*deflate*: the extension the server accepted."
         )
         L.append("")
         nrs = []
         for clients, rate, kind, data, point in node_rows:
             if "error" in data:
-                nrs.append([str(clients), "–", kind, f"error: {data['error'][:80]}"] + [""] * 8)
+                nrs.append([str(clients), "–", kind, f"error: {data['error'][:80]}"] + [""] * 9)
                 continue
             nrs.append(
                 [str(clients), f"{rate}/s", kind, s(data["p50_ms"]), s(data["p99_ms"]), s(data["deliveries_per_s"], 0),
-                 s(data["cpu_ms_per_1000"], 0), s(data.get("window_cpu_ms_per_1000"), 0), s(data.get("connect_s")),
+                 s(data["cpu_ms_per_1000"], 0), s(data.get("window_cpu_ms_per_1000"), 0), s(data.get("connect_s")), s(data.get("leave_s"), 1),
                  f"{data['lost']}/{data['disconnected']}", f(med(data["client_cpu_util"])),
                  "yes" if "permessage-deflate" in (point.get("extensions") or "") else "no"]
             )
         L += table(["clients", "rate", "server", "p50 ms", "p99 ms", "deliveries/s", "CPU run ms/1000", "CPU window ms/1000", "connect s",
-                    "lost/closed", "client CPU", "deflate"], nrs)
+                    "leave s", "lost/closed", "client CPU", "deflate"], nrs)
 
     if rows or node_rows:
         L += side_by_side(results)

@@ -24,7 +24,7 @@ from wsclient import ProbeWriter, SyncPeer, Typist
 MB = 2**20
 # Figures summarised over repetitions for each fan-out point (Python clients, Node clients).
 FANOUT_FIGURES = ("p50_ms", "p99_ms", "deliveries_per_s", "cpu_ms_per_1000", "client_cpu_util", "server_cpu_util")
-NODE_FIGURES = FANOUT_FIGURES + ("window_cpu_ms_per_1000", "run_cpu_s", "connect_cpu_s", "connect_s")
+NODE_FIGURES = FANOUT_FIGURES + ("window_cpu_ms_per_1000", "run_cpu_s", "connect_cpu_s", "connect_s", "leave_s", "leave_cpu_s")
 
 
 @dataclass
@@ -242,8 +242,13 @@ async def node_clients_run(cfg: Config, server: Server, clients: int, rate: int,
         raise RuntimeError(f"the node clients did not finish in {budget:.0f} s") from None
     stderr = (await proc.stderr.read()).decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0 or result is None or error:
-        raise RuntimeError(f"node clients failed ({proc.returncode}): {(error or stderr).strip()[-600:]}")
-    await server.wait_quiet()  # the clients' departure, relayed to the others, is not the next run's
+        progress = stderr.strip().splitlines()[-1:] if error else []  # e.g. "412 of 500 providers synced"
+        raise RuntimeError(f"node clients failed ({proc.returncode}): {(error or stderr).strip()[-600:]} {' '.join(progress)}".strip())
+    # The clients' departure (each one's presence removal relayed to those still there) is not
+    # the next run's: pycrdt-websocket takes 40-55 s of CPU after 500 providers leave.
+    cpu_left = server.cpu_seconds()
+    quiet_s = await server.wait_quiet(timeout=180)
+    leave_cpu = server.cpu_seconds() - cpu_left
     delivered = result["delivered"]
     run_cpu = marks["drained"] - marks["start"]
     window_cpu = marks["drained"] - marks["writing"]
@@ -255,6 +260,8 @@ async def node_clients_run(cfg: Config, server: Server, clients: int, rate: int,
         "run_cpu_s": run_cpu,
         "connect_cpu_s": marks["synced"] - marks["start"],
         "server_cpu_util": window_cpu / result["window_s"],
+        "leave_s": quiet_s,
+        "leave_cpu_s": leave_cpu,
     }
 
 
