@@ -148,6 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .sandbox import SandboxUnavailable
     from .server import (
         ConnectionLimits,
+        DirectWebSocketProtocol,
         default_max_connections,
         guarded_http_protocol,
         raise_fd_limit,
@@ -184,6 +185,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app,
         http=guarded_http_protocol(connection_limits),
+        ws=DirectWebSocketProtocol,
         host=server_settings.host,
         port=server_settings.port,
         log_level=server_settings.log_level,

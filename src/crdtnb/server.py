@@ -16,6 +16,7 @@ from urllib.parse import unquote_plus
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # uvicorn[standard] brings httptools
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 logger = logging.getLogger("crdtnb.server")
 
@@ -192,6 +193,54 @@ def guarded_http_protocol(
     with ``limits`` applied: pass it as ``uvicorn.Config(http=…)``."""
     base = GuardedHttpToolsProtocol if implementation == "httptools" else GuardedH11Protocol
     return type(base.__name__, (base,), {"limits": limits})
+
+
+# -- websockets ---------------------------------------------------------------------------
+
+
+class DirectFrames:
+    """Lets a crdtnb peer write binary messages straight to its socket: a relayed message
+    is framed once for every peer (a server's frames are not masked, so the bytes are the
+    same for all) and written with one transport.write, instead of going through the ASGI
+    send and the websocket library per message and per peer. The socket's write buffer
+    is the peer's queue (transport.WebSocketPeer bounds it)."""
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self._protocol = protocol
+
+    @property
+    def open(self) -> bool:
+        protocol = self._protocol
+        return bool(protocol.handshake_complete and not protocol.close_sent and not protocol.transport.is_closing())
+
+    def write(self, frame: bytes) -> None:
+        self._protocol.transport.write(frame)
+
+    def buffered(self) -> int:
+        return int(self._protocol.transport.get_write_buffer_size())
+
+    def close(self, code: int, reason: str) -> None:
+        """Queue a close frame behind what is buffered, without waiting for the socket
+        to drain (an ASGI close would wait for a client that stopped reading)."""
+        protocol = self._protocol
+        if protocol.close_sent or protocol.transport.is_closing():
+            return
+        protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        protocol.conn.send_close(code, reason)
+        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        protocol.close_sent = True
+        # As uvicorn does: wait this long for the client's close reply, then drop the socket.
+        protocol.close_timer = protocol.loop.call_later(protocol.close_timeout, protocol.transport.close)
+
+
+class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, offering DirectFrames to the app in the
+    connection's scope (``extensions["crdtnb.direct_frames"]``)."""
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
+        extensions["crdtnb.direct_frames"] = DirectFrames(self)
 
 
 # -- logs ---------------------------------------------------------------------------------

@@ -51,8 +51,40 @@ class CloseCode(IntEnum):
     BAD_PATH = 4400
     UNAUTHENTICATED = 4401
     FORBIDDEN = 4403
-    NOT_FOUND = 4404
+    NOT_FOUND = 4404  # also: the notebook was deleted while open
+    MOVED = 4410  # the notebook was renamed: the reason and state.moved_to give its new path
     INVALID_NOTEBOOK = 4422
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """A final, unmasked binary websocket frame (RFC 6455 5.2) carrying ``payload``: what
+    a server sends, identical for every peer."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x82, size))
+    elif size < 65536:
+        header = bytes((0x82, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x82, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
+class _FrameCache:
+    """A broadcast hands the same message object to every peer in turn: frame it once."""
+
+    __slots__ = ("message", "frame")
+
+    def __init__(self) -> None:
+        self.message: bytes | None = None
+        self.frame = b""
+
+    def of(self, message: bytes) -> bytes:
+        if message is not self.message:
+            self.message, self.frame = message, binary_frame(message)
+        return self.frame
+
+
+_frames = _FrameCache()
 
 
 class ConnectionClosed(Exception):
@@ -79,6 +111,8 @@ class WebSocketPeer:
         self.limits = limits
         self.label = label
         self.stats = stats or TrafficStats()
+        # Under `crdtnb serve`, frames go straight to the socket (server.DirectFrames).
+        self._direct = websocket.scope.get("extensions", {}).get("crdtnb.direct_frames")
         self._asgi_send = send
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
@@ -100,6 +134,15 @@ class WebSocketPeer:
         if self._close is not None or self._failure is not None:
             return
         self.stats.sent(message)
+        direct = self._direct
+        if direct is not None:
+            if not direct.open:
+                return
+            if direct.buffered() > self.limits.max_queue_bytes:
+                self._overflow()
+                return
+            direct.write(_frames.of(message))
+            return
         if not self._backlogged:
             self._write_now(message)
             return
@@ -107,13 +150,16 @@ class WebSocketPeer:
             self._queued_bytes + len(message) > self.limits.max_queue_bytes
             or len(self._queue) >= self.limits.max_queue_messages
         ):
-            logger.warning("%s: send queue overflow, disconnecting", self.label)
-            self.stats.queue_overflows += 1
-            self.close(CloseCode.TRY_AGAIN_LATER, "send queue overflow: client too slow, reconnect to resync")
+            self._overflow()
             return
         self._queue.append(message)
         self._queued_bytes += len(message)
         self._ready.set()
+
+    def _overflow(self) -> None:
+        logger.warning("%s: send queue overflow, disconnecting", self.label)
+        self.stats.queue_overflows += 1
+        self.close(CloseCode.TRY_AGAIN_LATER, "send queue overflow: client too slow, reconnect to resync")
 
     def _write_now(self, message: bytes) -> None:
         try:
@@ -138,6 +184,13 @@ class WebSocketPeer:
                 self._queued_bytes = 0
                 self.overflowed.set()
             self._ready.set()
+
+    async def close_overflowed(self, timeout: float) -> None:
+        code, reason = CloseCode.TRY_AGAIN_LATER, "send queue overflow"
+        if self._direct is not None:
+            self._direct.close(code, reason)  # behind the buffered frames, at once
+        else:
+            await _close_quietly(self.websocket, code, reason, timeout)
 
     def abandon(self) -> None:
         """Stop a write still in progress when the connection is over."""
@@ -247,7 +300,7 @@ async def run_peer(
             reader.cancel()
             writer.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
-            await _close_quietly(websocket, CloseCode.TRY_AGAIN_LATER, "send queue overflow", limits.close_timeout)
+            await peer.close_overflowed(limits.close_timeout)
         elif writer in done:
             # The socket failed while writing: stop reading.
             reader.cancel()
