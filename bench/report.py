@@ -448,7 +448,7 @@ def plot_cpu(results: dict, path: Path) -> None:
     if not series:
         return
     counts = sorted({c for pts in series.values() for c, _, _ in pts})
-    fig, axes = plt.subplots(1, len(counts), figsize=(5.5 * len(counts), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(counts), figsize=(max(9.0, 5.5 * len(counts)), 5.2), squeeze=False)
     order = list(COLORS)
     for ax, count in zip(axes[0], counts):
         for (kind, client), pts in sorted(series.items(), key=lambda item: (order.index(item[0][0]) if item[0][0] in order else 9, item[0][1])):
@@ -476,7 +476,7 @@ def plot_cpu(results: dict, path: Path) -> None:
         ax.legend(fontsize=7)
     m = results.get("machine", {})
     fig.suptitle(
-        f"Fan-out CPU per delivery ({m.get('date')}): Python clients solid (writing window), Node clients dashed (whole run); hollow: lost deliveries",
+        f"Fan-out CPU per delivery ({m.get('date')})\nPython clients solid (writing window), Node clients dashed (whole run); hollow: lost deliveries",
         fontsize=9,
     )
     fig.tight_layout()
