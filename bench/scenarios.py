@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,16 +235,22 @@ async def node_clients_run(cfg: Config, server: Server, clients: int, rate: int,
             elif event == "error":
                 error = message.get("error", "?")
 
+    stderr_tail: deque[str] = deque(maxlen=20)
+
+    async def read_stderr() -> None:  # read as it comes: a full pipe would stop the clients
+        assert proc.stderr is not None
+        async for line in proc.stderr:
+            stderr_tail.append(line.decode(errors="replace").rstrip())
+
     try:
-        await asyncio.wait_for(asyncio.gather(read(), proc.wait()), budget)
+        await asyncio.wait_for(asyncio.gather(read(), read_stderr(), proc.wait()), budget)
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()
         raise RuntimeError(f"the node clients did not finish in {budget:.0f} s") from None
-    stderr = (await proc.stderr.read()).decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0 or result is None or error:
-        progress = stderr.strip().splitlines()[-1:] if error else []  # e.g. "412 of 500 providers synced"
-        raise RuntimeError(f"node clients failed ({proc.returncode}): {(error or stderr).strip()[-600:]} {' '.join(progress)}".strip())
+        stderr = "\n".join(stderr_tail)  # ends with e.g. "412 of 500 providers synced"
+        raise RuntimeError(f"node clients failed ({proc.returncode}): {(error or '').strip()[-400:]} {stderr[-400:]}".strip())
     # The clients' departure (each one's presence removal relayed to those still there) is not
     # the next run's: pycrdt-websocket takes 40-55 s of CPU after 500 providers leave.
     cpu_left = server.cpu_seconds()
