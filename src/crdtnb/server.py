@@ -11,6 +11,7 @@ import re
 import resource
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, cast
 from urllib.parse import unquote_plus
@@ -248,6 +249,9 @@ class DirectConnection(asyncio.Protocol):
 
     def buffered(self) -> int:
         return int(self.transport.get_write_buffer_size())
+
+    def raw_writer(self) -> tuple[Callable[[bytes], None], Callable[[], int]]:
+        return self.transport.write, self.transport.get_write_buffer_size
 
     def close(self, code: int, reason: str) -> None:
         """Queue a close frame behind what is buffered, without waiting for the socket

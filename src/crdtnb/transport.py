@@ -33,7 +33,7 @@ from .protocol import (
 )
 from .room import Room
 from .settings import TransportLimits
-from .stats import TrafficStats
+from .stats import TrafficStats, kind_index
 
 logger = logging.getLogger("crdtnb.transport")
 
@@ -69,17 +69,19 @@ def binary_frame(payload: bytes) -> bytes:
 
 
 class _FrameCache:
-    """A broadcast hands the same message object to every peer in turn: frame it once."""
+    """A broadcast hands the same message object to every peer in turn: frame it (and
+    find its kind, for the traffic counts) once."""
 
-    __slots__ = ("message", "frame")
+    __slots__ = ("message", "frame", "kind")
 
     def __init__(self) -> None:
         self.message: bytes | None = None
         self.frame = b""
+        self.kind = 0
 
     def of(self, message: bytes) -> bytes:
         if message is not self.message:
-            self.message, self.frame = message, binary_frame(message)
+            self.message, self.frame, self.kind = message, binary_frame(message), kind_index(message)
         return self.frame
 
 
@@ -248,9 +250,9 @@ class DirectSocket(Protocol):
     """What a server offers for a connection it lets the app take off ASGI (see
     server.DirectFrames): frames written as they are, messages delivered by callback."""
 
-    def write(self, frame: bytes) -> None: ...
-
-    def buffered(self) -> int: ...
+    def raw_writer(self) -> tuple[Callable[[bytes], None], Callable[[], int]]:
+        """The socket's own write and write-buffer-size (no checks: for the hot path)."""
+        ...
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -271,6 +273,7 @@ class DetachedPeer:
 
     __slots__ = (
         "socket", "room", "user", "can_write", "limits", "label", "stats", "on_end", "registration",
+        "_write", "_buffered", "_max_buffered",
         "_closing", "_joined", "_finished", "_held", "_step", "__weakref__",
     )  # fmt: skip
 
@@ -295,6 +298,8 @@ class DetachedPeer:
         self.stats = stats
         self.on_end = on_end
         self.registration: object = None  # the owner's record of this connection
+        self._write, self._buffered = socket.raw_writer()
+        self._max_buffered = limits.max_queue_bytes
         self._closing = False
         self._joined = False
         self._finished = False
@@ -314,14 +319,19 @@ class DetachedPeer:
         self.socket.detach(self)
 
     def send(self, message: bytes) -> None:
+        # Once per peer per relayed message: kept to a few lookups. Nothing is written
+        # after our close frame (closing) or once the socket is gone (lost sets closing).
         if self._closing:
             return
-        self.stats.sent(message)
-        if self.socket.buffered() > self.limits.max_queue_bytes:
-            _report_overflow(self.label, self.stats)
+        frame = _frames.of(message)
+        stats = self.stats
+        stats.messages_out[_frames.kind] += 1
+        stats.bytes_out[_frames.kind] += len(message)
+        if self._buffered() > self._max_buffered:
+            _report_overflow(self.label, stats)
             self.close(CloseCode.TRY_AGAIN_LATER, OVERFLOW_REASON)
             return
-        self.socket.write(_frames.of(message))
+        self._write(frame)
 
     def close(self, code: int, reason: str) -> None:
         """Close after what is already written; nothing received from now on is applied.
