@@ -151,9 +151,12 @@ def _serve(args: argparse.Namespace) -> int:
         DirectWebSocketProtocol,
         default_max_connections,
         guarded_http_protocol,
+        limit_malloc_arenas,
         raise_fd_limit,
         redact_uvicorn_logs,
     )
+
+    limit_malloc_arenas()  # before any thread allocates
 
     settings = Settings.from_args(args, args.root)
     server_settings = settings.server

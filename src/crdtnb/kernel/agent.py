@@ -336,6 +336,8 @@ class KernelAgent:
                 logger.warning("%s: no idle status for %s", self.room.name, cell_id)
             self._router.flush()
             with self.room.doc.transaction(origin=KERNEL):
+                if self.input_request is not None:
+                    self._clear_input()  # an interrupted question goes with its cell, not after it
                 self.writer.set_execution_state(cell_id, "idle", reply.get("execution_count"))
             return reply
         finally:
