@@ -181,6 +181,18 @@ class NotebookFiles:
 
     def read(self, name: str) -> tuple[dict[str, Any], FileStamp]:
         """Read and validate a notebook (by its canonical name); upgrade it to nbformat 4."""
+        data, stamp = self.read_bytes(name)
+        return self.parse(name, data), stamp
+
+    def parse(self, name: str, data: bytes) -> dict[str, Any]:
+        """The notebook in the bytes of the file ``name`` (InvalidNotebook if it is not one)."""
+        try:
+            return ipynb.parse(data)
+        except Exception as exc:  # nbformat raises many kinds: JSON, validation, version
+            raise InvalidNotebook(f"{name} is not a valid notebook: {_first_line(exc)}") from exc
+
+    def read_bytes(self, name: str) -> tuple[bytes, FileStamp]:
+        """The bytes of a notebook's file, unchecked, and what identifies this version."""
         real = self.locate(name)
         try:
             with self._directory(real) as directory:
@@ -190,12 +202,7 @@ class NotebookFiles:
                     data = handle.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise NotebookNotFound(f"no notebook at {name}") from exc
-        stamp = FileStamp.of(st, sha256_bytes(data))
-        try:
-            nb = ipynb.parse(data)
-        except Exception as exc:  # nbformat raises many kinds: JSON, validation, version
-            raise InvalidNotebook(f"{name} is not a valid notebook: {_first_line(exc)}") from exc
-        return nb, stamp
+        return data, FileStamp.of(st, sha256_bytes(data))
 
     def stat(self, name: str) -> os.stat_result | None:
         try:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pycrdt import Doc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
@@ -43,13 +44,16 @@ from .extensions import (
     RoomDisowned,
     RoomLoading,
     RoomOwned,
+    RoomUnloaded,
     RoomUnloading,
 )
 from .files import FileChanged, FileStamp, InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
 from .merge import merge_disk_changes
-from .notebook import canonical_notebook, load_notebook
+from .notebook import canonical_notebook, notebook_pieces
 from .origins import FILE
+from .pieces import diff_in_pieces, pack
 from .room import Room
+from .rooms import served
 from .schema import FILE_ERROR, SAVED_AT, kernel_busy, state_of
 from .settings import FileSettings
 from .store import Store
@@ -71,13 +75,15 @@ class FileSync:
         files: NotebookFiles,
         store: Store,
         *,
-        base: bytes,
+        base: bytes | None,
         stamp: FileStamp,
         settings: FileSettings | None = None,
     ) -> None:
         self.room = room
         self.files = files
         self.store = store
+        # The document as it last matched the file (pieces.pack'ed): None while only the
+        # store holds it (read when a merge needs it).
         self.base = base
         self.stamp = stamp
         settings = settings or FileSettings()
@@ -99,6 +105,8 @@ class FileSync:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._first_check: asyncio.Task[None] | None = None
+        self._base_unstored = False  # the base is new and not in the store yet
 
     @classmethod
     async def open(
@@ -106,34 +114,59 @@ class FileSync:
         room: Room,
         files: NotebookFiles,
         store: Store,
-        nb: dict[str, Any],
         stamp: FileStamp,
         settings: FileSettings | None = None,
     ) -> FileSync:
-        """Attach to a room whose document came from the store or from the file ``nb``
-        (read as ``stamp``). Merges the file if it changed since the stored base, and
-        saves soon whatever the room holds that the file lacks (edits of a previous run
-        that were logged but not saved, an upgrade to nbformat 4.5)."""
-        base = await store.get_meta(room.name, BASE_KEY)
+        """Attach to a room whose document came from the store or from the file (whose
+        version on disk is ``stamp``). Merges the file if it changed since the stored base,
+        and saves soon whatever the room holds that the file lacks (edits of a previous run
+        that were logged but not saved, an upgrade to nbformat 4.5, a file not in
+        nbformat's layout).
+
+        That last comparison reads the whole file and the whole document: it runs after
+        the room is served (it can only ask for a save). An unchanged file is not parsed
+        before then, nor is the stored base read until a merge needs it."""
         sha = await store.get_meta(room.name, SHA_KEY)
-        sync = cls(room, files, store, base=base or room.doc.get_update(), stamp=stamp, settings=settings)
-        if base is None or sha is None:
-            # The document was just loaded from this very file.
-            await sync._remember_base()
+        sync = cls(room, files, store, base=None, stamp=stamp, settings=settings)
+        if sha is None:
+            # The document was just loaded from this very file. Its base is stored once
+            # the room is served (a big one takes a while to write): see _check_unsaved.
+            sync.base = await _encode_base(room)
+            sync._base_unstored = True
         elif sha.decode() != stamp.sha256:
             logger.info("%s changed on disk while closed: merging", room.name)
+            nb, stamp = await asyncio.to_thread(files.read, room.name)
             await sync._merge(nb, stamp)
-        exported = room.index.export()
-        if not await asyncio.to_thread(_same_notebook, exported, nb):
-            sync.changed()
+        sync._first_check = asyncio.create_task(sync._check_unsaved(), name=f"filesync-check:{room.name}")
         sync._note_saved(stamp.mtime_ns / 1e9)
         return sync
+
+    async def _check_unsaved(self) -> None:
+        """Store the base if it is new, then ask for a save if the room holds something
+        the file lacks."""
+        try:
+            await served(self.room)
+            async with self._lock:
+                if self._base_unstored:  # a save or merge since has stored a newer one
+                    await self._remember_base()
+            nb, _ = await asyncio.to_thread(self.files.read, self.room.name)
+            if not await asyncio.to_thread(_same_notebook, self.room.index.export(), nb):
+                self._own_state = None  # not only our own note of the last save
+                self.changed()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the file went or broke meanwhile: the poll sees to it
+            logger.info("comparing %s with its file: %s", self.room.name, exc)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"filesync:{self.room.name}")
 
     async def stop(self) -> None:
         """Stop polling and saving (nothing is written)."""
+        if self._first_check is not None:
+            self._first_check.cancel()
+            await asyncio.gather(self._first_check, return_exceptions=True)
+            self._first_check = None
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -210,7 +243,7 @@ class FileSync:
                 if self.disk_error is not None:
                     return None
                 nb = self.room.index.export()
-                base = self.room.doc.get_update()
+                base = pack(diff_in_pieces(self.room.doc))
                 try:
                     stamp = await asyncio.to_thread(self.files.write, self.room.name, nb, self.stamp)
                 except FileChanged:
@@ -278,8 +311,9 @@ class FileSync:
 
     async def _merge(self, nb: dict[str, Any], stamp: FileStamp) -> None:
         was_dirty = self.dirty
+        base = self.base if self.base is not None else await self._stored_base()
         with self.room.doc.transaction(origin=FILE):
-            self.base = merge_disk_changes(self.room.doc, self.base, nb)
+            self.base = merge_disk_changes(self.room.doc, base, nb)
         self.stamp = stamp
         await self._remember_base()
         await self.room.flushed()
@@ -288,9 +322,18 @@ class FileSync:
             self._dirty_since = None
         self.room.hooks.notify("on_file_merged", FileMerged(self.room, self.room.name))
 
+    async def _stored_base(self) -> bytes:
+        base = await self.store.get_meta(self.room.name, BASE_KEY)
+        return base if base is not None else await _encode_base(self.room)
+
     async def _remember_base(self) -> None:
-        await self.store.set_meta(self.room.name, BASE_KEY, self.base)
-        await self.store.set_meta(self.room.name, SHA_KEY, self.stamp.sha256.encode())
+        assert self.base is not None
+        self._base_unstored = False
+        # Submitted together: one commit of the store's writer.
+        await asyncio.gather(
+            self.store.set_meta(self.room.name, BASE_KEY, self.base),
+            self.store.set_meta(self.room.name, SHA_KEY, self.stamp.sha256.encode()),
+        )
 
     def _note_saved(self, when: float | None) -> None:
         self.saved_at = when
@@ -314,8 +357,29 @@ class FileSync:
         self._own_state = self.room.doc.get_state()
 
 
+def _load_in_pieces(doc: Doc, nb: dict[str, Any]) -> None:
+    """The notebook into the room's empty document, one transaction per slice of cells
+    (short pycrdt calls: see notebook.notebook_pieces)."""
+    for piece in notebook_pieces(nb):
+        doc.apply_update(piece)
+
+
+async def _encode_base(room: Room) -> bytes:
+    """The room's document as a file base, in pieces (pieces.py). On a worker thread while
+    nobody else can touch the document (the room is being opened), else on the loop."""
+    if room.peers:
+        return pack(diff_in_pieces(room.doc))
+    return await asyncio.to_thread(lambda: pack(diff_in_pieces(room.doc)))
+
+
 def _same_notebook(exported: dict[str, Any], nb: dict[str, Any]) -> bool:
-    return exported == canonical_notebook(nb)
+    """Whether the export equals the notebook, compared a cell at a time (one comparison
+    of two big notebooks would hold the GIL for its whole length)."""
+    theirs = canonical_notebook(nb)
+    if {k: v for k, v in exported.items() if k != "cells"} != {k: v for k, v in theirs.items() if k != "cells"}:
+        return False
+    mine, other = exported["cells"], theirs["cells"]
+    return len(mine) == len(other) and all(a == b for a, b in zip(mine, other))
 
 
 class FileSyncExtension(Extension):
@@ -326,6 +390,8 @@ class FileSyncExtension(Extension):
     def __init__(self, settings: FileSettings | None = None) -> None:
         self.settings = settings or FileSettings()
         self.syncs: dict[str, FileSync] = {}
+        # The version of each file on_room_loading read, for on_room_owned.
+        self._loaded: dict[str, FileStamp] = {}
         self._files: NotebookFiles | None = None
         self._store: Store | None = None
 
@@ -337,21 +403,32 @@ class FileSyncExtension(Extension):
         self._store = event.daemon.store
 
     async def on_room_loading(self, event: RoomLoading) -> None:
-        assert self._files is not None, "the daemon has not started"
-        # Raises if the file is gone or invalid: the room is refused.
-        nb, _ = await asyncio.to_thread(self._files.read, event.name)
-        if not event.from_store:
-            await asyncio.to_thread(load_notebook, event.doc, nb)
+        """A room is only served for a valid notebook: a missing or invalid file refuses
+        it (raises). The file this room last read or wrote (its hash is in the store) was
+        valid then: its bytes are only hashed, not parsed again."""
+        assert self._files is not None and self._store is not None, "the daemon has not started"
+        data, stamp = await asyncio.to_thread(self._files.read_bytes, event.name)
+        if event.from_store:
+            known = await self._store.get_meta(event.name, SHA_KEY)
+            if known is None or known.decode() != stamp.sha256:
+                await asyncio.to_thread(self._files.parse, event.name, data)
+        else:
+            nb = await asyncio.to_thread(self._files.parse, event.name, data)
+            await asyncio.to_thread(_load_in_pieces, event.doc, nb)
+        self._loaded[event.name] = stamp
 
     async def on_room_owned(self, event: RoomOwned) -> None:
-        """The owner keeps the file: it is read afresh (it may have changed since the
-        room loaded) and merged if it changed since the stored base."""
+        """The owner keeps the file: merged if it changed since the stored base."""
         assert self._files is not None and self._store is not None
         room = event.room
+        loaded = self._loaded.pop(room.name, None)
         if room.name in self.syncs:
             return
-        nb, stamp = await asyncio.to_thread(self._files.read, room.name)
-        sync = await FileSync.open(room, self._files, self._store, nb, stamp, self.settings)
+        if loaded is not None and loaded.same_stat(await asyncio.to_thread(os.stat, self._files.locate(room.name))):
+            stamp = loaded
+        else:
+            _, stamp = await asyncio.to_thread(self._files.read_bytes, room.name)
+        sync = await FileSync.open(room, self._files, self._store, stamp, self.settings)
         sync.start()
         self.syncs[room.name] = sync
 
@@ -366,6 +443,9 @@ class FileSyncExtension(Extension):
         sync = self.syncs.get(event.room.name)
         if sync is not None:
             sync.changed()
+
+    async def on_room_unloaded(self, event: RoomUnloaded) -> None:
+        self._loaded.pop(event.name, None)
 
     async def on_room_unloading(self, event: RoomUnloading) -> None:
         sync = self.syncs.pop(event.room.name, None)

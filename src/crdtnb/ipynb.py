@@ -224,26 +224,38 @@ def _normalize_ids(nb: dict[str, Any]) -> None:
 class _Schema:
     """nbformat's v4.x schema, checked with its own validator a cell and an output at a
     time: ``oneOf`` alternatives that each require a distinct value of one key are tried
-    by that key's value alone."""
+    by that key's value alone. Each part is compiled when first needed (~10 ms each)."""
 
     def __init__(self, minor: int) -> None:
-        full = get_validator(4, minor)._schema  # the schema nbformat validates with
-        definitions = full["definitions"]
-        self.cells = _alternatives(definitions["cell"], definitions, "cell_type")
-        self.outputs = _alternatives(definitions["output"], definitions, "output_type")
-        shallow = {**definitions, "cell": {"type": "object"}, "output": {"type": "object"}}
-        self.top = _compile({**full, "definitions": shallow})
-        self.by_cell_type = {value: _compile(_part(full, shallow, ref)) for value, ref in self.cells.items()}
-        self.by_output_type = {value: _compile(_part(full, shallow, ref)) for value, ref in self.outputs.items()}
+        self.full = get_validator(4, minor)._schema  # the schema nbformat validates with
+        definitions = self.full["definitions"]
+        self.refs = {
+            **{("cell", value): ref for value, ref in _alternatives(definitions["cell"], definitions, "cell_type").items()},
+            **{("output", value): ref for value, ref in _alternatives(definitions["output"], definitions, "output_type").items()},
+        }
+        self.shallow = {**definitions, "cell": {"type": "object"}, "output": {"type": "object"}}
+        self.top = _compile({**self.full, "definitions": self.shallow})
+        self.parts: dict[tuple[str, str], Callable[[Any], Any]] = {}
+        self.lock = threading.Lock()
+
+    def part(self, kind: str, value: str) -> Callable[[Any], Any]:
+        """The validator of one kind of cell or output (KeyError: no such kind)."""
+        validator = self.parts.get((kind, value))
+        if validator is None:
+            ref = self.refs[(kind, value)]
+            with self.lock:
+                validator = self.parts.get((kind, value)) or _compile(_part(self.full, self.shallow, ref))
+                self.parts[(kind, value)] = validator
+        return validator
 
     def check(self, nb: Mapping[str, Any]) -> bool:
         try:
             self.top(nb)
             for cell in nb["cells"]:
-                self.by_cell_type[cell["cell_type"]](cell)
+                self.part("cell", cell["cell_type"])(cell)
                 if cell["cell_type"] == "code":
                     for output in cell["outputs"]:
-                        self.by_output_type[output["output_type"]](output)
+                        self.part("output", output["output_type"])(output)
         except Exception:
             return False
         return True

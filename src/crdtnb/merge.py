@@ -16,6 +16,7 @@ from typing import Any
 from pycrdt import Array, Doc, Map, Text
 
 from .notebook import canonical_cell, canonical_notebook, fresh_id, new_cell_map, new_output_map, plain
+from .pieces import diff_in_pieces, pack, unpack
 from .schema import CellIndex, meta_of
 from .textdiff import apply_text_edits, rebase_edits, text_edits
 
@@ -339,18 +340,19 @@ def apply_notebook_changes(
 def merge_disk_changes(doc: Doc, base: bytes, disk: Mapping[str, Any]) -> bytes:
     """Three-way merge of an .ipynb changed on disk into a live doc with unsaved edits.
 
-    `base` is a full update (doc.get_update()) of the document as it was when it last
-    matched the file on disk.  The disk edits are replayed on a fork of `base`; as the fork
-    shares the live doc's history, the CRDT merges them with the live unsaved edits.
-    Returns the fork's full update: the new base (the doc as the disk now has it).
+    `base` is the document as it was when it last matched the file on disk: a full
+    update, or several (pieces.pack).  The disk edits are replayed on a fork of `base`; as
+    the fork shares the live doc's history, the CRDT merges them with the live unsaved
+    edits.  Returns the fork's state in pieces: the new base (the doc as the disk now has it).
     """
     fork: Doc = Doc()
     index = CellIndex(fork)  # before the content arrives: then it costs O(n)
     try:
-        fork.apply_update(base)
+        for piece in unpack(base):
+            fork.apply_update(piece)
         state = fork.get_state()
         apply_notebook_changes(fork, index.export(), disk, index)
     finally:
         index.close()
     doc.apply_update(fork.get_update(state))
-    return fork.get_update()
+    return pack(diff_in_pieces(fork))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..pieces import unpack
 from .base import CompactionError, Store, StoreClosedError, StoreError
 from .merge import merge_log
 
@@ -515,10 +516,10 @@ class SQLiteStore(Store):
         # One daemon per SQLite file: it owns every room.
         await self.append(room, updates)
 
-    async def seed(self, room: str, update: bytes) -> bool:
+    async def seed(self, room: str, updates: Sequence[bytes]) -> bool:
         self._check_open()
         _check_room(room)
-        blob = bytes(update)
+        blobs = _as_blobs(updates)
 
         def write(conn: sqlite3.Connection) -> bool:
             room_id = _room_id(conn, room, create=True)
@@ -526,13 +527,13 @@ class SQLiteStore(Store):
             has_rows = conn.execute("SELECT 1 FROM updates WHERE room_id = ? LIMIT 1", (room_id,)).fetchall()
             if snapshot is not None or has_rows:
                 return False
-            conn.execute("INSERT INTO updates (room_id, data) VALUES (?, ?)", (room_id, blob))
+            conn.executemany("INSERT INTO updates (room_id, data) VALUES (?, ?)", [(room_id, blob) for blob in blobs])
             return True
 
         def committed(seeded: bool) -> None:
             if seeded:
                 rows, size = self._log_sizes.get(room, (0, 0))
-                self._log_sizes[room] = (rows + 1, size + len(blob))
+                self._log_sizes[room] = (rows + len(blobs), size + sum(map(len, blobs)))
 
         return await self._submit(write, committed)
 
@@ -651,7 +652,8 @@ class SQLiteStore(Store):
                     return []
                 room_id, snapshot = found[0]
                 rows = conn.execute("SELECT data FROM updates WHERE room_id = ? ORDER BY seq", (room_id,)).fetchall()
-            return ([snapshot] if snapshot is not None else []) + [data for (data,) in rows]
+            # A big snapshot is several updates, each applied by a short call (pieces.py).
+            return (unpack(snapshot) if snapshot is not None else []) + [data for (data,) in rows]
 
         return await self._read(read)
 
