@@ -64,6 +64,15 @@ class MemoryStore:
         for key in [k for k in self._meta if k[0] == room]:
             del self._meta[key]
 
+    async def rename_room(self, old: str, new: str) -> None:
+        if old == new:
+            return
+        await self.delete_room(new)
+        if old in self._logs:
+            self._logs[new] = self._logs.pop(old)
+        for key in [k for k in self._meta if k[0] == old]:
+            self._meta[(new, key[1])] = self._meta.pop(key)
+
     async def rooms(self) -> list[str]:
         return sorted(self._logs)
 

@@ -666,6 +666,46 @@ async def test_delete_room(tmp_path: Path) -> None:
         assert await store.rooms() == ["gone", "kept"]
 
 
+async def test_rename_room_moves_snapshot_updates_and_meta(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    _, updates = text_updates(30)
+    async with SQLiteStore(path, compact_threshold_rows=5) as store:
+        await store.append("old.ipynb", updates[:10])
+        await store.compact("old.ipynb")
+        await store.append("old.ipynb", updates[10:20])
+        await store.set_meta("old.ipynb", "base", b"x")
+        # A stale log under the new name (a file that is gone) is replaced, not merged.
+        await store.append("dir/new.ipynb", [b"stale"])
+        await store.set_meta("dir/new.ipynb", "base", b"stale")
+        before = await store.load("old.ipynb")
+        assert store.needs_compaction("old.ipynb")
+
+        # Calls made before the rename land on the old name, calls made after on the new
+        # one: the log stays whole when appends race the rename.
+        first = asyncio.ensure_future(store.append("old.ipynb", updates[20:25]))
+        await asyncio.sleep(0)  # the append is queued
+        await store.rename_room("old.ipynb", "dir/new.ipynb")
+        await store.append("dir/new.ipynb", updates[25:])
+        await first
+
+        assert await store.load("old.ipynb") == []
+        assert await store.get_meta("old.ipynb", "base") is None
+        assert not store.needs_compaction("old.ipynb")
+        assert store.needs_compaction("dir/new.ipynb")
+        moved = await store.load("dir/new.ipynb")
+        assert moved == before + updates[20:]
+        assert await store.get_meta("dir/new.ipynb", "base") == b"x"
+        assert await store.rooms() == ["dir/new.ipynb"]
+        assert view(rebuild(moved)) == view(rebuild(updates))
+        await store.compact("dir/new.ipynb")
+        assert not store.needs_compaction("dir/new.ipynb")
+        await store.rename_room("never-existed", "other")  # nothing to move: no error
+        assert await store.rooms() == ["dir/new.ipynb"]
+    async with SQLiteStore(path) as store:
+        assert view(rebuild(await store.load("dir/new.ipynb"))) == view(rebuild(updates))
+        assert await store.rooms() == ["dir/new.ipynb"]
+
+
 async def test_wal_is_checkpointed_in_the_background_not_in_commits(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
     big = [bytes([i % 251]) * 10_000 for i in range(120)]  # ~1.2 MB of rows

@@ -37,7 +37,7 @@ def py_spy(pid: int, seconds: float, out: str, gil: bool) -> subprocess.Popen | 
     if seconds <= 0:  # --seconds 0: no profiler (e.g. only the loop monitor's log)
         return _NoSpy()
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    cmd = [exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200", "-f", "raw", "-o", out, "--nonblocking"]
+    cmd = [exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", os.environ.get("SPY_RATE", "200"), "-f", "raw", "-o", out, "--nonblocking"]
     if gil:
         cmd.append("--gil")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -114,19 +114,28 @@ export class ApiError extends Error {
   }
 }
 
-async function request<T> (method: string, route: string, body?: unknown): Promise<T> {
+function authHeaders (method: string): Record<string, string> {
   const headers: Record<string, string> = { Accept: 'application/json' }
   const token = getToken()
   if (token) headers.Authorization = `token ${token}`
   else if (csrfToken && method !== 'GET' && method !== 'HEAD') headers['X-CSRF-Token'] = csrfToken
-  if (body !== undefined) headers['Content-Type'] = 'application/json'
+  return headers
+}
+
+async function request<T> (method: string, route: string, body?: unknown, raw?: Blob): Promise<T> {
+  const headers = authHeaders(method)
+  if (body !== undefined || raw !== undefined) headers['Content-Type'] = 'application/json'
   const response = await fetch(`${basePath()}api/${route}`, {
     method,
     headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
+    body: raw ?? (body === undefined ? undefined : JSON.stringify(body)),
     credentials: 'same-origin',
     cache: 'no-store'
   })
+  return await readResponse<T>(response)
+}
+
+async function readResponse<T> (response: Response): Promise<T> {
   let payload: any = null
   const text = await response.text()
   if (text) {
@@ -148,10 +157,46 @@ export interface NotebookEntry {
 
 export type KernelStatus = 'starting' | 'idle' | 'busy' | 'dead' | 'none'
 
+export interface InputRequest {
+  id: string
+  cell_id: string
+  prompt: string
+  password: boolean
+}
+
 export interface KernelInfo {
   status: KernelStatus
   queue: string[]
   running: string | null
+  input_request?: InputRequest | null
+  /** whether the caller may run code here (completions from the kernel, answering input) */
+  may_execute?: boolean
+}
+
+export interface CompleteReply {
+  status: string
+  matches: string[]
+  cursor_start: number
+  cursor_end: number
+  metadata: { _jupyter_types_experimental?: Array<{ text?: string, type?: string, start?: number, end?: number }> } & Record<string, unknown>
+}
+
+export interface InspectReply {
+  status: string
+  found: boolean
+  data: Record<string, unknown>
+}
+
+export interface FolderEntry {
+  path: string
+  name: string
+  last_modified: number
+}
+
+export interface FolderListing {
+  path: string
+  folders: FolderEntry[]
+  notebooks: NotebookEntry[]
 }
 
 export async function listNotebooks (): Promise<NotebookEntry[]> {
@@ -178,4 +223,58 @@ export async function kernelInfo (path: string): Promise<KernelInfo> {
 /** Save the notebook to its .ipynb now (needs write): the time of the save, Unix seconds. */
 export async function saveNotebook (path: string): Promise<{ saved_at: number }> {
   return await request<{ saved_at: number }>('POST', `notebooks/${encodePath(path)}/save`)
+}
+
+/** The kernel's completions at `cursorPos` (Unicode code points, as the Jupyter protocol counts). */
+export async function complete (path: string, code: string, cursorPos: number): Promise<CompleteReply> {
+  return await request<CompleteReply>('POST', `notebooks/${encodePath(path)}/complete`, { code, cursor_pos: cursorPos })
+}
+
+/** The kernel's help on the name at `cursorPos`. */
+export async function inspect (path: string, code: string, cursorPos: number, detailLevel = 0): Promise<InspectReply> {
+  return await request<InspectReply>('POST', `notebooks/${encodePath(path)}/inspect`, { code, cursor_pos: cursorPos, detail_level: detailLevel })
+}
+
+/** Answer a running cell's input request (409: someone answered first, or the cell ended). */
+export async function answerInput (path: string, id: string, value: string): Promise<void> {
+  await request('POST', `notebooks/${encodePath(path)}/input`, { id, value })
+}
+
+// -- files and folders ---------------------------------------------------------------
+
+/** The folders and notebooks of one folder ("" is the root). */
+export async function listFolder (dir: string): Promise<FolderListing> {
+  return await request<FolderListing>('GET', dir ? `contents/${encodePath(dir)}` : 'contents')
+}
+
+export async function makeFolder (path: string): Promise<void> {
+  await request('POST', `folders/${encodePath(path)}`)
+}
+
+/** Rename or move a notebook; its open pages follow it. */
+export async function renameNotebook (path: string, to: string): Promise<{ path: string }> {
+  return await request<{ path: string }>('POST', `notebooks/${encodePath(path)}/rename`, { to })
+}
+
+export async function deleteNotebook (path: string): Promise<void> {
+  await request('DELETE', `notebooks/${encodePath(path)}`)
+}
+
+/** A copy with its outputs ("name-Copy1.ipynb" unless `to` is given). */
+export async function duplicateNotebook (path: string, to?: string): Promise<{ path: string }> {
+  return await request<{ path: string }>('POST', `notebooks/${encodePath(path)}/duplicate`, to === undefined ? {} : { to })
+}
+
+/** Upload an .ipynb (409 if it exists, unless `overwrite`: then it is merged as an outside edit). */
+export async function uploadNotebook (path: string, file: Blob, overwrite = false): Promise<{ path: string, created: boolean }> {
+  return await request<{ path: string, created: boolean }>('PUT', `notebooks/${encodePath(path)}${overwrite ? '?overwrite=1' : ''}`, undefined, file)
+}
+
+/** The notebook as its server holds it now, as a file: fetched with the page's credentials. */
+export async function downloadNotebook (path: string): Promise<Blob> {
+  const response = await fetch(`${basePath()}api/notebooks/${encodePath(path)}/download`, {
+    headers: authHeaders('GET'), credentials: 'same-origin', cache: 'no-store'
+  })
+  if (!response.ok) await readResponse(response)
+  return await response.blob()
 }

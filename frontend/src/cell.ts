@@ -12,6 +12,8 @@ import type { Awareness } from 'y-protocols/awareness'
 import { EditorSelection } from '@codemirror/state'
 import type { EditorView, KeyBinding } from '@codemirror/view'
 import { createEditor, setLineNumbers, type Language } from './editor'
+import type { EditorHelp } from './help'
+import type { InputRequest } from './api'
 import { renderMarkdownInto } from './markdown'
 import { OutputArea } from './outputs'
 import type { Peer } from './presence'
@@ -35,6 +37,10 @@ export interface CellHost {
   setOutputsHidden: (cell: CellView, hidden: boolean) => void
   /** scroll long outputs (true), show them whole (false) (metadata `scrolled`) */
   setOutputsScrolled: (cell: CellView, scrolled: boolean) => void
+  /** completion and help in code cells */
+  help: EditorHelp | null
+  /** answer a running cell's input request; false if it could not be */
+  answerInput: (request: InputRequest, value: string) => Promise<boolean>
 }
 
 function toolButton (name: string, title: string, onClick: () => void): HTMLButtonElement {
@@ -80,6 +86,8 @@ export class CellView {
   private readonly scrollToggle: HTMLButtonElement
   private readonly collapser: HTMLButtonElement
   private tools: HTMLElement | null = null
+  private stdin: HTMLElement | null = null
+  private stdinRequest: InputRequest | null = null
   private typeSelect: HTMLSelectElement | null = null
   private readonly outputs = new OutputArea()
   private editorView: EditorView | null = null
@@ -320,6 +328,7 @@ export class CellView {
       keys: this.host.keys,
       readOnly: this.host.readOnly(),
       lineNumbers: this.lineNumbersOn,
+      help: this.type === 'code' ? this.host.help : null,
       onFocus: () => this.host.activate(this, true)
     })
     return this.editorView
@@ -418,6 +427,44 @@ export class CellView {
     const offer = !hidden && count > 0 && (this.outputsTall || setting === true)
     this.scrollToggle.hidden = !offer
     if (offer) this.scrollToggle.textContent = scrolled ? 'Show the whole output' : 'Scroll the output'
+  }
+
+  // -- input requests (input(), getpass, pdb) ------------------------------------------------
+
+  /** Show the running cell's input request under its outputs (null: none). Those who may
+   * answer get a field (masked for passwords; Enter sends); others see the prompt only. */
+  showInputRequest (request: InputRequest | null, canAnswer: boolean): void {
+    const same = request !== null && this.stdinRequest !== null && request.id === this.stdinRequest.id
+    if (same && this.stdin?.dataset.canAnswer === String(canAnswer)) return
+    this.stdin?.remove()
+    this.stdin = null
+    this.stdinRequest = request
+    if (!request) return
+    this.materialize()
+    const field = h('input', {
+      type: request.password ? 'password' : 'text',
+      class: 'stdin-input',
+      autocomplete: request.password ? 'new-password' : 'off',
+      spellcheck: 'false',
+      'aria-label': request.prompt || 'Input for the running cell',
+      placeholder: canAnswer ? 'Enter sends' : 'Waiting for someone who may run code to answer',
+      disabled: !canAnswer
+    })
+    field.addEventListener('keydown', (event) => {
+      event.stopPropagation() // the notebook's shortcuts stay out of the field
+      if (event.key !== 'Enter' || event.isComposing || field.disabled) return
+      event.preventDefault()
+      field.disabled = true
+      void this.host.answerInput(request, field.value).then((sent) => {
+        if (!sent && this.stdinRequest?.id === request.id) field.disabled = false
+      })
+    })
+    this.stdin = h('div', { class: 'stdin', 'data-request': request.id, 'data-can-answer': String(canAnswer) },
+      h('label', { class: 'stdin-prompt' }, request.prompt), field)
+    this.outputArea.append(this.stdin)
+    const focused = document.activeElement
+    const typingElsewhere = focused instanceof HTMLElement && (focused.closest('.cm-editor') !== null || focused.tagName === 'INPUT' || focused.tagName === 'TEXTAREA')
+    if (canAnswer && !typingElsewhere) field.focus({ preventScroll: false })
   }
 
   // -- markdown ------------------------------------------------------------------------

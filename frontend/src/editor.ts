@@ -6,16 +6,21 @@
 import * as Y from 'yjs'
 import type { Awareness } from 'y-protocols/awareness'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
-import { Compartment, EditorState, type Extension } from '@codemirror/state'
+import { Compartment, EditorState, Prec, StateEffect, StateField, type Extension } from '@codemirror/state'
 import {
-  EditorView, keymap, dropCursor, highlightSpecialChars, lineNumbers, placeholder, type KeyBinding
+  EditorView, keymap, dropCursor, highlightSpecialChars, lineNumbers, placeholder, showTooltip,
+  type Command, type KeyBinding, type Tooltip
 } from '@codemirror/view'
-import { defaultKeymap, indentWithTab } from '@codemirror/commands'
+import { defaultKeymap, indentLess, indentMore, indentWithTab } from '@codemirror/commands'
 import { HighlightStyle, syntaxHighlighting, indentOnInput, bracketMatching, indentUnit } from '@codemirror/language'
-import { closeBrackets, closeBracketsKeymap } from '@codemirror/autocomplete'
+import {
+  acceptCompletion, autocompletion, closeBrackets, closeBracketsKeymap, completionStatus, startCompletion
+} from '@codemirror/autocomplete'
 import { highlightSelectionMatches } from '@codemirror/search'
 import { python } from '@codemirror/lang-python'
 import { tags as t } from '@lezer/highlight'
+import type { EditorHelp } from './help'
+import { ansiToHtml } from './outputs'
 
 /** The CSP nonce for CodeMirror's <style> elements, from the page shell. */
 export function cspNonce (): string {
@@ -69,6 +74,8 @@ export interface EditorOptions {
   onFocus: () => void
   readOnly?: boolean
   lineNumbers?: boolean
+  /** completion (Tab) and help (Shift+Tab) for code cells */
+  help?: EditorHelp | null
 }
 
 const gutter = new Compartment()
@@ -93,6 +100,86 @@ function languageExtension (language: Language): Extension {
   return EditorView.lineWrapping
 }
 
+// -- Tab and Shift+Tab in code cells --------------------------------------------------
+
+/** Only whitespace between the line's start and the caret (or a selection): Tab indents there. */
+function indentsHere (state: EditorState): boolean {
+  const range = state.selection.main
+  if (state.selection.ranges.length > 1 || !range.empty) return true
+  const line = state.doc.lineAt(range.head)
+  const before = line.text.slice(0, range.head - line.from)
+  return before.trim() === '' || /\s$/.test(before)
+}
+
+/** Spaces up to the next multiple of four columns, at the caret. */
+const insertIndent: Command = (view) => {
+  if (view.state.readOnly) return false
+  const range = view.state.selection.main
+  if (!range.empty || view.state.selection.ranges.length > 1) return indentMore(view)
+  const column = range.head - view.state.doc.lineAt(range.head).from
+  const spaces = ' '.repeat(4 - (column % 4))
+  view.dispatch(view.state.update(view.state.replaceSelection(spaces), { scrollIntoView: true, userEvent: 'input' }))
+  return true
+}
+
+const setHelp = StateEffect.define<Tooltip | null>()
+
+/** The help tooltip of Shift+Tab: gone at the next edit or caret move, or Esc. */
+const helpTooltip = StateField.define<Tooltip | null>({
+  create: () => null,
+  update (value, tr) {
+    for (const effect of tr.effects) if (effect.is(setHelp)) return effect.value
+    return tr.docChanged || tr.selection ? null : value
+  },
+  provide: (field) => showTooltip.from(field)
+})
+
+function helpDom (text: string, found: boolean): HTMLElement {
+  const dom = document.createElement('div')
+  dom.className = found ? 'cm-help-tooltip' : 'cm-help-tooltip cm-help-none'
+  dom.setAttribute('role', 'tooltip')
+  const pre = document.createElement('pre')
+  // IPython colours its help with ANSI codes: the same conversion (sanitized) as outputs
+  pre.innerHTML = ansiToHtml(text)
+  dom.append(pre)
+  return dom
+}
+
+function codeKeys (help: EditorHelp): Extension {
+  const tab: Command = (view) => {
+    if (completionStatus(view.state) === 'active') return acceptCompletion(view)
+    if (indentsHere(view.state)) return insertIndent(view)
+    return startCompletion(view)
+  }
+  const shiftTab: Command = (view) => {
+    const range = view.state.selection.main
+    if (!range.empty || view.state.selection.ranges.length > 1) return indentLess(view)
+    const line = view.state.doc.lineAt(range.head)
+    if (line.text.slice(0, range.head - line.from).trim() === '') return indentLess(view)
+    const pos = range.head
+    const code = view.state.doc.toString()
+    void help.inspect(code, pos).then(({ found, text }) => {
+      // still where it was asked: show it
+      if (view.state.selection.main.head !== pos || view.state.doc.toString() !== code) return
+      view.dispatch({ effects: setHelp.of({ pos, above: false, create: () => ({ dom: helpDom(text, found) }) }) })
+    })
+    return true
+  }
+  const closeHelp: Command = (view) => {
+    if (!view.state.field(helpTooltip, false)) return false
+    view.dispatch({ effects: setHelp.of(null) })
+    return true
+  }
+  return [
+    helpTooltip,
+    // opened by Tab only, so Enter may take a choice at once (no interaction delay)
+    autocompletion({ override: [help.completions], activateOnTyping: false, icons: true, interactionDelay: 0 }),
+    // ahead of the page's own Escape (command mode): an open list or tooltip closes first
+    Prec.highest(keymap.of([{ key: 'Escape', run: closeHelp }])),
+    keymap.of([{ key: 'Tab', run: tab }, { key: 'Shift-Tab', run: shiftTab }])
+  ]
+}
+
 export function createEditor (parent: HTMLElement, options: EditorOptions): EditorView {
   // Only changes made through this editor (y-codemirror's origin, added by the plugin) are undone.
   const undoManager = new Y.UndoManager(options.ytext, { trackedOrigins: new Set() })
@@ -114,6 +201,7 @@ export function createEditor (parent: HTMLElement, options: EditorOptions): Edit
     syntaxHighlighting(notebookHighlight),
     languageExtension(options.language),
     placeholder(options.language === 'markdown' ? 'Markdown text' : options.language === 'python' ? 'Code' : 'Raw text'),
+    options.help && options.language === 'python' && !options.readOnly ? codeKeys(options.help) : [],
     keymap.of([...closeBracketsKeymap, ...yUndoManagerKeymap, indentWithTab, ...defaultKeymap]),
     yCollab(options.ytext, options.awareness, { undoManager }),
     editorTheme,

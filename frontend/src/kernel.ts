@@ -39,6 +39,9 @@ export class KernelMonitor {
   private again = false
   private localPending = new Set<string>()
   private listeners: Array<(cells: Set<string>) => void> = []
+  private permissionListeners: Array<(mayExecute: boolean | null) => void> = []
+  /** whether this user may run code here, as the server last said (null: not asked yet) */
+  mayExecute: boolean | null = null
   private readonly onState = (event: Y.YMapEvent<unknown>): void => {
     if (event.keysChanged.has('kernel_status')) this.fromDoc()
   }
@@ -52,6 +55,11 @@ export class KernelMonitor {
   /** Cells just sent to the kernel and not yet reported on, by id. */
   onPending (listener: (cells: Set<string>) => void): void {
     this.listeners.push(listener)
+  }
+
+  /** Called when the server says whether this user may run code here. */
+  onPermissions (listener: (mayExecute: boolean | null) => void): void {
+    this.permissionListeners.push(listener)
   }
 
   get pending (): Set<string> {
@@ -113,6 +121,10 @@ export class KernelMonitor {
       if (typeof info.status !== 'string') throw new ApiError(404, 'not a kernel answer')
       // The kernel has now reported on what was sent before the request.
       for (const id of sentBefore) this.localPending.delete(id)
+      if (typeof info.may_execute === 'boolean' && info.may_execute !== this.mayExecute) {
+        this.mayExecute = info.may_execute
+        for (const listener of this.permissionListeners) listener(this.mayExecute)
+      }
       if (!statusFromState(this.state.get('kernel_status'))) this.status = statusFromState(info.status) ?? 'unknown'
     } catch (error) {
       if (error instanceof ApiError && (error.status === 404 || error.status === 405 || error.status === 400)) {

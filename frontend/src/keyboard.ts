@@ -54,6 +54,8 @@ export const SHORTCUTS: Array<[string, Array<[string, string]>]> = [
     ['Esc', 'command mode'],
     ['Up / Down', 'at the first/last line: previous/next cell'],
     ['Ctrl+Shift+-', 'split the cell at the cursor'],
+    ['Tab', 'complete (at the start of a line or after a space: indent)'],
+    ['Shift+Tab', 'help on the name at the cursor (in the indentation: dedent)'],
     ['Ctrl+Z / Ctrl+Shift+Z', 'undo/redo my typing']
   ]],
   ['Command mode', [

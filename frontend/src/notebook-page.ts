@@ -1,5 +1,5 @@
 // Entry point of /notebooks/{path}: header, toolbar, the notebook, presence, connection status.
-import { basePath, forgetToken, logout, notebookPathFromLocation, takeTokenFromUrl } from './api'
+import { basePath, forgetToken, logout, notebookPageUrl, notebookPathFromLocation, takeTokenFromUrl } from './api'
 import { credentials, showTokenForm, type Credentials } from './auth'
 import { Connection, CLOSE_MESSAGES, type ConnectionStatus } from './provider'
 import { Presence } from './presence'
@@ -141,9 +141,21 @@ function start (path: string, creds: Credentials): void {
     ]),
     h('span', { class: 'toolbar-hint' }, 'Esc: command mode · Enter: edit · Shift+Enter: run · h: shortcuts'))
 
+  // A rename: the server sets `state.moved_to`, then closes the socket with 4410. The page
+  // goes to the new path (the server's document is the same room).
+  const state = connection.doc.getMap('state')
+  let moving = false
+  const follow = (moved: unknown): void => {
+    if (moving || typeof moved !== 'string' || !moved || moved === path) return
+    moving = true
+    document.body.dataset.movedTo = moved
+    window.location.replace(notebookPageUrl(moved))
+  }
+  state.observe((event) => { if (event.keysChanged.has('moved_to')) follow(state.get('moved_to')) })
+
   window.addEventListener('beforeunload', (event) => {
     // Offline edits exist only in this tab: leaving now would lose them.
-    if (connection.unsent && !connection.status.readOnly) event.preventDefault()
+    if (!moving && connection.unsent && !connection.status.readOnly) event.preventDefault()
   })
 
   const banner = h('div', { class: 'banner', hidden: true, role: 'alert' })
@@ -168,6 +180,9 @@ function start (path: string, creds: Credentials): void {
     } else if (started) {
       // the kernel's status is only known while connected
       kernel.setConnected(status.state === 'connected' && status.synced)
+    }
+    if (status.state === 'closed' && status.closeCode === 4410) {
+      follow(state.get('moved_to') ?? status.closeReason.replace(/^moved to /, ''))
     }
     if (status.state === 'closed' && status.closeCode !== null) {
       const reason = CLOSE_MESSAGES[status.closeCode] ?? status.closeReason

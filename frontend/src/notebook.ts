@@ -9,7 +9,8 @@ import { KernelMonitor } from './kernel'
 import { StructureHistory, applyOps, type StructureOp } from './history'
 import { cellFromJson, cellToJson, cellsToNotebookJson, parseCells, type CellJson } from './model'
 import type { Peer, Presence } from './presence'
-import { ApiError, execute, kernelAction } from './api'
+import { ApiError, answerInput, execute, kernelAction, type InputRequest } from './api'
+import { KernelHelp } from './help'
 import { icon } from './icons'
 import { confirmAction, dialog, h, randomCellId, toast } from './ui'
 
@@ -70,6 +71,12 @@ export class NotebookView implements KeyActions {
   private peers: Peer[] = []
   private removeKeys: () => void
   private onActiveChange: Array<(cell: CellView | null) => void> = []
+  private readonly state: Y.Map<unknown>
+  private readonly help: KernelHelp
+  private inputCell: CellView | null = null
+  private readonly onState = (event: Y.YMapEvent<unknown>): void => {
+    if (event.keysChanged.has('input_request')) this.showInputRequest()
+  }
 
   constructor (
     private readonly doc: Y.Doc,
@@ -80,6 +87,8 @@ export class NotebookView implements KeyActions {
     private readonly options: NotebookOptions
   ) {
     this.cells = doc.getArray('cells')
+    this.state = doc.getMap('state')
+    this.help = new KernelHelp(() => this.path, this.cells)
     this.history = new StructureHistory(doc, this.cells, (cell) => this.isBusy(cell), STRUCTURE)
     this.lineNumbersAll = localStorage.getItem(LINE_NUMBERS_KEY) === 'true'
     const keys = editorKeys(this)
@@ -94,7 +103,9 @@ export class NotebookView implements KeyActions {
       remove: (cell) => { if (!this.selected.has(cell)) this.setActive(cell, 'command'); this.deleteSelected() },
       changeType: (cell, type) => { this.setActive(cell, 'command'); this.changeType(type) },
       setOutputsHidden: (cell, hidden) => this.setOutputsHidden([cell], hidden),
-      setOutputsScrolled: (cell, scrolled) => this.setOutputsScrolled([cell], scrolled)
+      setOutputsScrolled: (cell, scrolled) => this.setOutputsScrolled([cell], scrolled),
+      help: this.help,
+      answerInput: async (request, value) => await this.answerInput(request, value)
     }
     this.list = h('div', { class: 'cells' })
     this.empty = h('div', { class: 'empty-notebook', hidden: true },
@@ -114,7 +125,40 @@ export class NotebookView implements KeyActions {
     kernel.onPending((ids) => {
       for (const view of this.order) view.setPending(ids.has(view.id))
     })
+    kernel.onPermissions((mayExecute) => {
+      this.help.setMayExecute(mayExecute)
+      this.showInputRequest()
+    })
+    this.state.observe(this.onState)
     this.reconcile(null)
+    this.showInputRequest()
+  }
+
+  // -- input requests ----------------------------------------------------------------
+
+  /** A running cell waits for input (`state.input_request`): the prompt shows under it, on
+   * every page; those who may run code can answer it. */
+  private showInputRequest (): void {
+    const raw = this.state.get('input_request')
+    const request = raw && typeof raw === 'object' && !(raw instanceof Y.AbstractType) ? raw as InputRequest : null
+    const view = request ? this.byId.get(request.cell_id) ?? null : null
+    if (this.inputCell && this.inputCell !== view) this.inputCell.showInputRequest(null, false)
+    this.inputCell = view
+    view?.showInputRequest(request, !this.readOnly && this.kernel.mayExecute !== false)
+  }
+
+  private async answerInput (request: InputRequest, value: string): Promise<boolean> {
+    try {
+      await answerInput(this.path, request.id, value)
+      return true
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 409) {
+        toast('Someone answered first, or the cell is no longer waiting', 'error')
+        return false
+      }
+      toast(describeKernelError(error, 'send the input'), 'error')
+      return false
+    }
   }
 
   // -- following the doc ---------------------------------------------------------
@@ -175,6 +219,7 @@ export class NotebookView implements KeyActions {
     if (this.active) this.activeIndex = order.indexOf(this.active)
     this.showSelection()
     this.showPeers(this.peers)
+    if (this.state.has('input_request') || this.inputCell) this.showInputRequest()
     if (this.unbuilt.size) this.scheduleBuild()
   }
 
@@ -770,6 +815,7 @@ export class NotebookView implements KeyActions {
     if (this.readOnly === readOnly) return
     this.readOnly = readOnly
     for (const view of this.order) view.refreshEditor()
+    this.showInputRequest()
   }
 
   // -- execution -----------------------------------------------------------------
@@ -863,6 +909,7 @@ export class NotebookView implements KeyActions {
   }
 
   destroy (): void {
+    this.state.unobserve(this.onState)
     this.removeKeys()
     document.removeEventListener('focusin', this.onFocusIn)
     document.removeEventListener('copy', this.onCopy)

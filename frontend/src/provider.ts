@@ -23,7 +23,8 @@ export const CLOSE_MESSAGES: Record<number, string> = {
   4400: 'not a notebook path under the root',
   4401: 'not authenticated: the token is missing or wrong',
   4403: 'you may not open this notebook',
-  4404: 'no such notebook',
+  4404: 'no such notebook (or it was deleted)',
+  4410: 'the notebook was renamed',
   4422: 'the file is not a valid notebook'
 }
 
@@ -46,10 +47,10 @@ export class Connection {
       this.update({ state: status as ConnectionState })
     })
     this.provider.on('sync', (synced: boolean) => this.update({ synced }))
-    this.provider.on('connection-close', (event: CloseEvent | null) => {
-      if (event && event.code >= 4400 && event.code < 4500) {
-        this.update({ state: 'closed', synced: false, closeCode: event.code, closeReason: event.reason || CLOSE_MESSAGES[event.code] || '' })
-      }
+    // A close for good (44xx): emitted after the provider's own "disconnected", so it is the
+    // last word on the connection.
+    this.provider.on('closed', (event: { code: number, reason: string }) => {
+      this.update({ state: 'closed', synced: false, closeCode: event.code, closeReason: event.reason || CLOSE_MESSAGES[event.code] || '' })
     })
     // Edits made while offline live only in this tab until the next sync.
     this.doc.on('update', (_update: Uint8Array, origin: unknown) => {

@@ -106,3 +106,21 @@ export function dialog (title: string, body: Node | string, buttons: Array<{ lab
 export async function confirmAction (title: string, message: string, action: string): Promise<boolean> {
   return await dialog(title, message, [{ label: 'Cancel', value: 'cancel' }, { label: action, value: 'ok', primary: true, danger: true }]) === 'ok'
 }
+
+/** Ask for a line of text (a new name); resolves with it, or null if cancelled. */
+export async function promptText (title: string, label: string, initial: string, action: string): Promise<string | null> {
+  const input = h('input', { type: 'text', class: 'dialog-input', value: initial, spellcheck: 'false', 'aria-label': label })
+  const body = h('label', { class: 'dialog-field' }, h('span', { class: 'dialog-label' }, label), input)
+  input.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.isComposing) {
+      event.preventDefault()
+      input.closest('.dialog')?.querySelector<HTMLButtonElement>('.dialog-ok')?.click()
+    }
+  })
+  const chosen = dialog(title, body, [{ label: 'Cancel', value: 'cancel' }, { label: action, value: 'ok', primary: true }])
+  // the dialog focuses its primary button: the field is what one types in
+  input.focus()
+  const dot = initial.lastIndexOf('.')
+  input.setSelectionRange(0, dot > 0 ? dot : initial.length)
+  return await chosen === 'ok' ? input.value.trim() : null
+}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,20 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request's body as a JSON object ({} when it has none; 400 otherwise)."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise RequestError(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "the body must be a JSON object")
+    return body
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -132,10 +147,20 @@ class Api:
 
     # -- routes ------------------------------------------------------------------------
 
-    def route(self, pattern: str, handler: Handler, *, methods: list[str], action: Action) -> Route:
+    def route(
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        methods: list[str],
+        action: Action,
+        folder: bool = False,
+        max_body_size: int | None = None,
+    ) -> Route:
         """A route whose handler runs only for a caller allowed to do ``action`` on the
         notebook the URL names (``{path}``; the server itself when there is none).
-        The handler gets the canonical path."""
+        The handler gets the canonical path. With ``folder``, ``{path}`` names a folder
+        ("" the root), authorized as its name with a trailing "/" ("demo/"; the root as "")."""
 
         async def endpoint(request: Request) -> Response:
             try:
@@ -143,12 +168,12 @@ class Api:
                 path = ""
                 if raw is not None:
                     try:
-                        path = self.daemon.files.canonical(raw)
+                        path = self.daemon.files.normalize_folder(raw) if folder else self.daemon.files.canonical(raw)
                     except PathError:
                         # Authenticate first: a stranger learns nothing about paths.
                         await self.check(request, "", None)
                         raise
-                await self.check(request, path, action)
+                await self.check(request, f"{path}/" if folder and path else path, action)
                 return await handler(self, request, path)
             except HTTPException:
                 raise  # e.g. the body limit's 413: Starlette answers it
@@ -157,7 +182,7 @@ class Api:
                 return error(status, message)
 
         endpoint.__name__ = getattr(handler, "__name__", "endpoint")
-        return Route(pattern, endpoint, methods=methods)
+        return Route(pattern, endpoint, methods=methods, max_body_size=max_body_size)
 
     def routes(self) -> list[BaseRoute]:
         return [

@@ -3,7 +3,7 @@
 
 ``NotebookSync`` assembles the daemon (daemon.py) from one ``Settings`` tree, the
 auth hooks, the HTTP API (api.py), the sync endpoint (sync_endpoint.py) and the
-extensions: the daemon's own (the .ipynb files, log compaction, kernels) first, then
+extensions: the daemon's own (the .ipynb files, log compaction, kernels, file operations) first, then
 the host's. Starlette does not run the lifespan of a mounted app, so every endpoint
 refuses to work (with an error naming the fix) until the host runs ``sync.lifespan``.
 """
@@ -31,6 +31,7 @@ from .cluster import Cluster
 from .cluster.limits import RedisLoginLimiter
 from .compaction import Compaction
 from .connections import ConnectionRegistry, watch_changes
+from .contents import Contents
 from .daemon import Daemon
 from .fanout import Fanout
 from .filesync import FileSyncExtension
@@ -82,7 +83,13 @@ class NotebookSync:
         self.kernels_isolated = launcher is not None
         self.files_extension = FileSyncExtension(settings.files)
         self.kernels = Kernels(settings.kernels, launcher)
-        builtin: list[object] = [self.files_extension, Compaction(settings.rooms.compact_min_interval), self.kernels]
+        self.contents = Contents()
+        builtin: list[object] = [
+            self.files_extension,
+            Compaction(settings.rooms.compact_min_interval),
+            self.kernels,
+            self.contents,
+        ]
         self.cluster: Cluster | None = None
         ownership = None
         if settings.cluster.redis:

@@ -47,13 +47,15 @@ from .protocol import (
     read_awareness,
     write_awareness,
 )
-from .schema import cells_of, state_of
+from .schema import INPUT_REQUEST, MOVED_TO, cells_of, state_of
 
 logger = logging.getLogger("crdtnb.client")
 
 # Close codes another attempt would only meet again (see README.md, "Websocket close
 # codes"): a bad path or notebook, no or wrong credentials, a frame the server refused.
 TERMINAL_CLOSE_CODES = frozenset({4400, 4401, 4403, 4404, 4422, 1003, 1007, 1008, 1009})
+# The notebook was renamed: the client reconnects to its new path (state.moved_to).
+MOVED_CLOSE_CODE = 4410
 # Statuses of a refused handshake that are as final.
 TERMINAL_HTTP_STATUSES = frozenset({400, 401, 403, 404})
 
@@ -286,6 +288,27 @@ class NotebookClient:
     async def kernel(self) -> dict[str, Any]:
         return await self._kernel_call("GET", "kernel")
 
+    async def complete(self, code: str, cursor_pos: int | None = None) -> dict[str, Any]:
+        """The kernel's completions at ``cursor_pos`` (default: the end of ``code``):
+        ``matches``, ``cursor_start``, ``cursor_end``; ``status`` "no_kernel" when none runs."""
+        body = {"code": code, "cursor_pos": len(code) if cursor_pos is None else cursor_pos}
+        return await self._kernel_call("POST", "complete", body)
+
+    async def inspect(self, code: str, cursor_pos: int | None = None, detail_level: int = 0) -> dict[str, Any]:
+        """The kernel's help on the name at ``cursor_pos``: ``found`` and ``data`` (a mimebundle)."""
+        body = {"code": code, "cursor_pos": len(code) if cursor_pos is None else cursor_pos, "detail_level": detail_level}
+        return await self._kernel_call("POST", "inspect", body)
+
+    def input_requests(self) -> list[dict[str, Any]]:
+        """The input requests waiting for an answer (a running cell called ``input()``,
+        getpass or pdb): ``[{"id", "cell_id", "prompt", "password"}]``, or []."""
+        request = self.state.get(INPUT_REQUEST)
+        return [dict(request)] if isinstance(request, dict) else []
+
+    async def answer_input(self, request_id: str, value: str) -> dict[str, Any]:
+        """Answer an input request (the first answer wins: a later one raises)."""
+        return await self._kernel_call("POST", "input", {"id": request_id, "value": value})
+
     async def _kernel_call(self, method: str, action: str, body: Any = None) -> dict[str, Any]:
         if self.api is None:
             raise RuntimeError("this client was created without an HTTP base URL")
@@ -381,14 +404,20 @@ class NotebookClient:
                 self.last_close = close
                 if link.step2_received > 0:
                     failures = 0  # it worked for a while: start again from the shortest delay
-                if self._closing or self._dial is None or close.code in TERMINAL_CLOSE_CODES:
+                moved = self._moved_to(close)
+                if self._closing or self._dial is None or (close.code in TERMINAL_CLOSE_CODES and moved is None):
                     self._closed = close
                     return
+                if moved is not None:
+                    # The notebook was renamed: follow it (the dial uses self.path).
+                    logger.info("%s moved to %s: following", self.path, moved)
+                    self.path = moved
                 self._forget_presence()
                 self._set_status(ConnectionStatus.DISCONNECTED)
                 websocket = None
                 while websocket is None:
-                    await asyncio.sleep(self._backoff.delay(failures))
+                    if moved is None or failures > 0:
+                        await asyncio.sleep(self._backoff.delay(failures))
                     failures += 1
                     self._set_status(ConnectionStatus.CONNECTING)
                     try:
@@ -407,6 +436,16 @@ class NotebookClient:
             if self._closed is None:
                 self._closed = SyncClosed(self._link.websocket.close_code, "closed by the client")
             self._set_status(ConnectionStatus.CLOSED)
+
+    def _moved_to(self, close: SyncClosed) -> str | None:
+        """The new path of a notebook renamed while we were connected (close code 4410;
+        the server set ``state.moved_to`` first), or None."""
+        if close.code != MOVED_CLOSE_CODE:
+            return None
+        moved = self.state.get(MOVED_TO)
+        if not isinstance(moved, str) and close.reason.startswith("moved to "):
+            moved = close.reason.removeprefix("moved to ")
+        return moved if isinstance(moved, str) and moved and moved != self.path else None
 
     async def _serve(self, link: _Link) -> None:
         writer = asyncio.create_task(self._write_loop(link))
@@ -525,9 +564,10 @@ async def connect(
     The first connection must succeed (its error is raised); after that, with
     ``reconnect``, a dropped connection is reopened with ``backoff`` until the
     server takes the client back or refuses it for good (``closed`` is then set)."""
-    url = sync_url(base_url, path, token)
+    following: list[NotebookClient] = []  # the client, once made: a rename changes its path
 
     async def dial() -> ClientConnection:
+        url = sync_url(base_url, following[0].path if following else path, token)
         return await ws_connect(url, additional_headers=headers, open_timeout=timeout, max_size=max_size, proxy=None)
 
     websocket = await dial()
@@ -540,6 +580,7 @@ async def connect(
         backoff=backoff,
         on_status=on_status,
     )
+    following.append(client)
     if wait_synced:
         try:
             await client.wait_synced(timeout)

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 
-from .extensions import ChangesDurable, DaemonStarted, Extension, RoomUnloading
+from .extensions import ChangesDurable, DaemonStarted, Extension, RoomRenamed, RoomUnloading
 from .ownership import LocalOwnership, Ownership
 from .store import Store
 
@@ -57,3 +57,9 @@ class Compaction(Extension):
         self._last.pop(name, None)
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
+
+    async def on_room_renamed(self, event: RoomRenamed) -> None:
+        if event.old in self._tasks:
+            self._tasks[event.new] = self._tasks.pop(event.old)
+        if event.old in self._last:
+            self._last[event.new] = self._last.pop(event.old)

@@ -18,8 +18,11 @@ down last.
 - *Lifecycle* hooks are awaited, one extension after the other, before the daemon goes
   on: ``on_daemon_started``, ``on_daemon_stopping``, ``on_room_loading``,
   ``on_room_loaded``, ``on_room_owned``, ``on_room_disowned``, ``on_room_unloading``,
-  ``on_room_unloaded``. A room is *owned* by exactly one daemon (always this one, unless
-  in a cluster): the owner alone runs its kernel, saves its file and compacts its log. An exception in
+  ``on_room_unloaded``, ``on_room_renamed`` (a notebook was moved: its room, log and
+  kernel keep going under the new name) and ``on_room_deleting`` (a notebook is being
+  deleted: drop its state unsaved). A room is *owned* by exactly one daemon (always this
+  one, unless in a cluster): the owner alone runs its kernel, saves its file and compacts
+  its log. An exception in
   ``on_room_loading`` refuses the room (a room is never served half-loaded); in the
   others it is logged and the next extension runs.
 - *Notifications* report what happened: ``on_peer_joined``, ``on_peer_left``,
@@ -119,6 +122,26 @@ class RoomUnloading:
 @dataclass(frozen=True)
 class RoomUnloaded:
     name: str
+
+
+@dataclass(frozen=True)
+class RoomRenamed:
+    """The notebook ``old`` is now ``new``: its file, its log and, when it is open, its
+    room (``room``, whose ``name`` is already ``new``; None when it was not open). Key
+    what you keep by the new name."""
+
+    old: str
+    new: str
+    room: Room | None
+
+
+@dataclass(frozen=True)
+class RoomDeleting:
+    """The notebook ``name`` is being deleted: its room (``room``, None when it is not
+    open) is unloaded next and its log forgotten. Drop what you keep without saving it."""
+
+    name: str
+    room: Room | None
 
 
 @dataclass(frozen=True)
@@ -230,6 +253,8 @@ class Extension:
     async def on_room_disowned(self, event: RoomDisowned) -> None: ...
     async def on_room_unloading(self, event: RoomUnloading) -> None: ...
     async def on_room_unloaded(self, event: RoomUnloaded) -> None: ...
+    async def on_room_renamed(self, event: RoomRenamed) -> None: ...
+    async def on_room_deleting(self, event: RoomDeleting) -> None: ...
     def on_peer_joined(self, event: PeerJoined) -> None: ...
     def on_peer_left(self, event: PeerLeft) -> None: ...
     def on_changes_durable(self, event: ChangesDurable) -> None: ...
@@ -249,6 +274,8 @@ LIFECYCLE = (
     "on_room_disowned",
     "on_room_unloading",
     "on_room_unloaded",
+    "on_room_renamed",
+    "on_room_deleting",
 )
 NOTIFICATIONS = (
     "on_peer_joined",
@@ -413,10 +440,12 @@ __all__ = [
     "Hooks",
     "PeerJoined",
     "PeerLeft",
+    "RoomDeleting",
     "RoomDisowned",
     "RoomLoaded",
     "RoomLoading",
     "RoomOwned",
+    "RoomRenamed",
     "RoomUnloaded",
     "RoomUnloading",
 ]

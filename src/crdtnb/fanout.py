@@ -8,7 +8,7 @@ in a fan-out that also publishes to the other daemons.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Peer(Protocol):
@@ -19,6 +19,14 @@ class Peer(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection after what is queued (with a websocket close code)."""
+
+
+@runtime_checkable
+class ClosablePeer(Peer, Protocol):
+    """A peer whose connection the server can end (a websocket)."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after what is already queued; apply nothing received from now on."""
 
 
 class Fanout(Protocol):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -41,6 +42,10 @@ class PathError(ValueError):
 
 class NotebookNotFound(LookupError):
     pass
+
+
+class FolderNotFound(NotebookNotFound):
+    """No folder of that name under the root."""
 
 
 class InvalidNotebook(ValueError):
@@ -84,6 +89,16 @@ class NotebookEntry:
     last_modified: float
 
 
+@dataclass(frozen=True, slots=True)
+class FolderEntry:
+    path: str
+    name: str
+    last_modified: float
+
+
+_COPY_SUFFIX = re.compile(r"-Copy\d*$")
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -112,24 +127,20 @@ class NotebookFiles:
 
     def normalize(self, path: str) -> str:
         """The spelling rules of a notebook name, without touching the disk (PathError if broken)."""
-        if not path or not isinstance(path, str):
-            raise PathError("invalid path")
-        if "\\" in path or _CONTROL.search(path):
-            raise PathError("invalid character in path")
-        if path.startswith("/"):
-            raise PathError("absolute paths are not allowed")
-        path = unicodedata.normalize("NFC", path)
-        parts = path.split("/")
-        if any(part in ("", ".", "..") for part in parts):
-            raise PathError("empty, '.' and '..' parts are not allowed in paths")
-        if any(part.startswith(".") or part in SKIPPED_DIRS for part in parts):
-            raise PathError("hidden and internal directories are not served")
-        if any(len(part.encode("utf-8")) > MAX_NAME_PART_BYTES for part in parts):
-            raise PathError(f"a path part is longer than {MAX_NAME_PART_BYTES} bytes")
-        if len(path.encode("utf-8")) > MAX_NAME_BYTES:
-            raise PathError(f"path longer than {MAX_NAME_BYTES} bytes")
-        if not parts[-1].endswith(NOTEBOOK_SUFFIX) or parts[-1] == NOTEBOOK_SUFFIX:
+        path = _spelled(path)
+        last = path.rsplit("/", 1)[-1]
+        if not last.endswith(NOTEBOOK_SUFFIX) or last == NOTEBOOK_SUFFIX:
             raise PathError("not a notebook path (must end in .ipynb)")
+        return path
+
+    def normalize_folder(self, path: str) -> str:
+        """The spelling rules of a folder name ("" is the root; one trailing "/" is
+        allowed): those of notebook names, and it does not end in .ipynb."""
+        if path in ("", "/"):
+            return ""
+        path = _spelled(path[:-1] if path.endswith("/") else path)
+        if path.endswith(NOTEBOOK_SUFFIX):
+            raise PathError("a folder name must not end in .ipynb")
         return path
 
     def canonical(self, path: str) -> str:
@@ -300,6 +311,115 @@ class NotebookFiles:
         self.write(name, nb)
         return nb
 
+    def rename(self, old: str, new: str) -> None:
+        """Move the notebook ``old`` (a canonical name) to ``new``, creating missing
+        folders; FileExistsError if ``new`` exists (never replaced), NotebookNotFound
+        if ``old`` does not. Both walked from the root without following links."""
+        source = self.locate(old)
+        target = self._real_path(self.exact(new))
+        with self._directory(source) as src, self._directory(target, create=True) as dst:
+            try:
+                # A hard link fails if the target exists: no window in which it is replaced.
+                os.link(source.name, target.name, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
+            except FileExistsError:
+                raise FileExistsError(f"{new} already exists") from None
+            except FileNotFoundError:
+                raise NotebookNotFound(f"no notebook at {old}") from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                # No hard links here: check, then rename.
+                if _exists(target.name, dst):
+                    raise FileExistsError(f"{new} already exists") from None
+                os.rename(source.name, target.name, src_dir_fd=src, dst_dir_fd=dst)
+                return
+            os.unlink(source.name, dir_fd=src)
+
+    def delete(self, name: str) -> None:
+        """Remove the notebook file of the canonical name ``name``."""
+        real = self.locate(name)
+        try:
+            with self._directory(real) as directory:
+                os.unlink(real.name, dir_fd=directory)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotebookNotFound(f"no notebook at {name}") from None
+
+    def copy_name(self, name: str) -> str:
+        """A free name for a copy of ``name``, as JupyterLab makes them: "a.ipynb" ->
+        "a-Copy1.ipynb" (a copy of "a-Copy1.ipynb" is "a-Copy2.ipynb")."""
+        stem = _COPY_SUFFIX.sub("", name[: -len(NOTEBOOK_SUFFIX)])
+        for number in itertools.count(1):
+            candidate = f"{stem}-Copy{number}{NOTEBOOK_SUFFIX}"
+            if self.stat(candidate) is None:
+                return candidate
+        raise AssertionError("unreachable")
+
+    def make_folder(self, name: str) -> None:
+        """Create the folder ``name`` (a normalized folder name) and missing parents;
+        FileExistsError if it exists."""
+        if not name:
+            raise FileExistsError("the root exists")
+        parent, _, last = name.rpartition("/")
+        with self._folder_fd(parent, create=True) as directory:
+            try:
+                os.mkdir(last, dir_fd=directory)
+            except FileExistsError:
+                raise FileExistsError(f"{name} already exists") from None
+
+    def list_folder(self, name: str) -> tuple[list[FolderEntry], list[NotebookEntry]]:
+        """The folders and notebooks directly in the folder ``name`` ("" is the root),
+        sorted by name; hidden, internal and linked folders are left out."""
+        folders: list[FolderEntry] = []
+        notebooks: list[NotebookEntry] = []
+        prefix = f"{name}/" if name else ""
+        with self._folder_fd(name) as directory:
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+            for entry in entries:
+                shown = unicodedata.normalize("NFC", entry.name)
+                if shown.startswith(".") or shown in SKIPPED_DIRS or _CONTROL.search(shown):
+                    continue
+                try:
+                    st = os.stat(entry.name, dir_fd=directory, follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        if not shown.endswith(NOTEBOOK_SUFFIX):
+                            folders.append(FolderEntry(prefix + shown, shown, st.st_mtime))
+                    elif shown.endswith(NOTEBOOK_SUFFIX):
+                        self.canonical(prefix + shown)  # a link must lead to a notebook under the root
+                        st = os.stat(entry.name, dir_fd=directory)
+                        if stat.S_ISREG(st.st_mode):
+                            notebooks.append(NotebookEntry(prefix + shown, shown, st.st_size, st.st_mtime))
+                except (PathError, OSError):
+                    continue
+        return folders, notebooks
+
+    @contextmanager
+    def _folder_fd(self, name: str, create: bool = False) -> Iterator[int]:
+        """A descriptor of the folder ``name`` (normalized), reached from the root one
+        name at a time without following links (FolderNotFound if it is not a folder)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in name.split("/") if name else ():
+                here = _lookalike_fd(fd, part)
+                if create:
+                    try:
+                        os.mkdir(here, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    inner = os.open(here, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    raise FolderNotFound(f"no folder {name}") from None
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        raise FolderNotFound(f"no folder {name} (a symbolic link)") from None
+                    raise
+                os.close(fd)
+                fd = inner
+            yield fd
+        finally:
+            os.close(fd)
+
     def list(self) -> list[NotebookEntry]:
         entries: dict[str, NotebookEntry] = {}
         for dirpath, dirnames, filenames in os.walk(self.root):
@@ -316,6 +436,48 @@ class NotebookFiles:
                     continue
                 entries.setdefault(rel, NotebookEntry(rel, unicodedata.normalize("NFC", filename), st.st_size, st.st_mtime))
         return list(entries.values())
+
+
+def _spelled(path: str) -> str:
+    """``path`` in NFC if it is a well-spelled relative name (PathError if not)."""
+    if not path or not isinstance(path, str):
+        raise PathError("invalid path")
+    if "\\" in path or _CONTROL.search(path):
+        raise PathError("invalid character in path")
+    if path.startswith("/"):
+        raise PathError("absolute paths are not allowed")
+    path = unicodedata.normalize("NFC", path)
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise PathError("empty, '.' and '..' parts are not allowed in paths")
+    if any(part.startswith(".") or part in SKIPPED_DIRS for part in parts):
+        raise PathError("hidden and internal directories are not served")
+    if any(len(part.encode("utf-8")) > MAX_NAME_PART_BYTES for part in parts):
+        raise PathError(f"a path part is longer than {MAX_NAME_PART_BYTES} bytes")
+    if len(path.encode("utf-8")) > MAX_NAME_BYTES:
+        raise PathError(f"path longer than {MAX_NAME_BYTES} bytes")
+    return path
+
+
+def _exists(name: str, directory: int) -> bool:
+    try:
+        os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _lookalike_fd(directory: int, part: str) -> str:
+    """``part``, or the entry of ``directory`` whose NFC spelling is ``part`` (see ``_lookalike``)."""
+    if part.isascii() or _exists(part, directory):
+        return part
+    try:
+        for entry in os.listdir(directory):
+            if unicodedata.normalize("NFC", entry) == part:
+                return entry
+    except OSError:
+        pass
+    return part
 
 
 def _lookalike(directory: Path, part: str) -> Path:

@@ -25,7 +25,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from pycrdt import Doc
@@ -37,13 +38,16 @@ from .auth import Action
 from .extensions import (
     ChangesDurable,
     DaemonStarted,
+    DaemonStopping,
     Extension,
     FileFailed,
     FileMerged,
     FileSaved,
+    RoomDeleting,
     RoomDisowned,
     RoomLoading,
     RoomOwned,
+    RoomRenamed,
     RoomUnloaded,
     RoomUnloading,
 )
@@ -102,8 +106,11 @@ class FileSync:
         self._dirty_since: float | None = None
         self._last_change = 0.0
         self._own_state: bytes | None = None  # the doc's state right after our own state writes
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # No task runs while nothing is due: the extension's one poller looks at every
+        # open file (FileSync.poll); a saver task lives only while the room is dirty.
+        self._running = False
+        self._saver: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._first_check: asyncio.Task[None] | None = None
         self._base_unstored = False  # the base is new and not in the store yet
@@ -159,25 +166,37 @@ class FileSync:
             logger.info("comparing %s with its file: %s", self.room.name, exc)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"filesync:{self.room.name}")
+        self._running = True
+        self._ensure_saver()
 
     async def stop(self) -> None:
-        """Stop polling and saving (nothing is written)."""
-        if self._first_check is not None:
-            self._first_check.cancel()
-            await asyncio.gather(self._first_check, return_exceptions=True)
-            self._first_check = None
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop polling and saving (nothing more is written). A save under way is let
+        finish first: its write runs on a thread that no cancel would stop."""
+        self._running = False
+        async with self._lock:
+            tasks = [task for task in (self._saver, self._checker, self._first_check) if task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
         """Stop, saving unsaved changes first."""
         await self.stop()
+        if self._base_unstored:  # closed before it was served
+            await self._remember_base()
         await self.room.flushed()
         if self._dirty_since is not None:
             await self.save()
+
+    @asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """No read or write of the file while the block runs (it is being moved)."""
+        async with self._lock:
+            yield
+
+    def moved(self) -> None:
+        """The room's file is now the one of its (new) name."""
+        self._real = self.files.resolve(self.room.name)
 
     @property
     def dirty(self) -> bool:
@@ -195,9 +214,36 @@ class FileSync:
         self._last_change = now
         if self._dirty_since is None:
             self._dirty_since = now
-            self._wake.set()  # a save is now due, perhaps before the next poll
-        # Later changes only push the deadline back: the sleeping task finds that
+            self._ensure_saver()
+        # Later changes only push the deadline back: the sleeping saver finds that
         # out when it wakes, so a busy room costs no wake-up per change.
+
+    def poll(self) -> None:
+        """The poller's look at the file (a stat): a change made outside is merged by
+        a task of its own, started only then."""
+        if not self._running or self._checker is not None:
+            return
+        try:
+            st = os.stat(self._real)
+        except OSError:
+            return  # gone: the next save writes it again
+        if not self.stamp.same_stat(st):
+            self._checker = asyncio.create_task(self._check(), name=f"filecheck:{self.room.name}")
+
+    async def _check(self) -> None:
+        try:
+            await self.check_disk()
+            self._ensure_saver()  # a file that was broken may be fine again
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("file sync of %s failed", self.room.name)
+        finally:
+            self._checker = None
+
+    def _ensure_saver(self) -> None:
+        if self._running and self._saver is None and self._save_due() is not None:
+            self._saver = asyncio.create_task(self._save_when_due(), name=f"filesave:{self.room.name}")
 
     def _save_due(self) -> float | None:
         if self._dirty_since is None or self.disk_error is not None:
@@ -205,31 +251,25 @@ class FileSync:
         max_delay = self.busy_save_max_delay if kernel_busy(self.room.doc) else self.save_max_delay
         return min(self._last_change + self.save_delay, self._dirty_since + max_delay)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_poll = time.monotonic() + self.poll_interval
-        while True:
-            due = self._save_due()
-            wake_at = next_poll if due is None else min(due, next_poll)
-            self._wake.clear()
-            # A timer rather than wait_for: thousands of open rooms each wake every second.
-            timer = loop.call_later(max(0.0, wake_at - time.monotonic()), self._wake.set)
-            try:
-                await self._wake.wait()
-            finally:
-                timer.cancel()
-            now = time.monotonic()
-            try:
-                if now >= next_poll:
-                    next_poll = now + self.poll_interval
-                    await self.check_disk()
-                due = self._save_due()
-                if due is not None and time.monotonic() >= due:
+    async def _save_when_due(self) -> None:
+        """Sleep until the save is due (changes push it back), save, until clean; a
+        file broken on disk ends it too (the poller's check starts it again)."""
+        try:
+            while (due := self._save_due()) is not None:
+                delay = due - time.monotonic()
+                if delay > 0:
+                    # At most a poll apart: the due time moves when the kernel stops.
+                    await asyncio.sleep(min(delay, self.poll_interval))
+                    continue
+                try:
                     await self.save()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("file sync of %s failed", self.room.name)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("saving %s failed", self.room.name)
+                    await asyncio.sleep(self.retry_delay)
+        finally:
+            self._saver = None
 
     async def save(self) -> float | None:
         """Write the document to its file now; return the time of the last successful
@@ -394,6 +434,7 @@ class FileSyncExtension(Extension):
         self._loaded: dict[str, FileStamp] = {}
         self._files: NotebookFiles | None = None
         self._store: Store | None = None
+        self._poller: asyncio.Task[None] | None = None
 
     def routes(self, api: Api) -> Sequence[BaseRoute]:
         return [api.route("/api/notebooks/{path:path}/save", self.save_now, methods=["POST"], action=Action.WRITE)]
@@ -401,6 +442,24 @@ class FileSyncExtension(Extension):
     async def on_daemon_started(self, event: DaemonStarted) -> None:
         self._files = event.daemon.files
         self._store = event.daemon.store
+        self._poller = asyncio.create_task(self._poll(), name="filesync-poller")
+
+    async def on_daemon_stopping(self, event: DaemonStopping) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
+
+    async def _poll(self) -> None:
+        """One task looks at every open file each ``poll_interval``: a thousand idle
+        rooms cost one wake-up and a thousand stats, not a thousand timers."""
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            for sync in list(self.syncs.values()):
+                try:
+                    sync.poll()
+                except Exception:
+                    logger.exception("polling %s failed", sync.room.name)
 
     async def on_room_loading(self, event: RoomLoading) -> None:
         """A room is only served for a valid notebook: a missing or invalid file refuses
@@ -451,6 +510,27 @@ class FileSyncExtension(Extension):
         sync = self.syncs.pop(event.room.name, None)
         if sync is not None:
             await sync.close()
+
+    @asynccontextmanager
+    async def paused(self, name: str) -> AsyncIterator[None]:
+        """The open room's file is neither read nor written while the block runs."""
+        sync = self.syncs.get(name)
+        if sync is None:
+            yield
+            return
+        async with sync.paused():
+            yield
+
+    async def on_room_renamed(self, event: RoomRenamed) -> None:
+        sync = self.syncs.pop(event.old, None)
+        if sync is not None:
+            sync.moved()
+            self.syncs[event.new] = sync
+
+    async def on_room_deleting(self, event: RoomDeleting) -> None:
+        sync = self.syncs.pop(event.name, None)
+        if sync is not None:
+            await sync.stop()
 
     async def save_now(self, api: Api, request: Request, path: str) -> Response:
         """Write the notebook to its file now (Ctrl+S)."""

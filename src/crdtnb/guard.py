@@ -415,7 +415,8 @@ class SchemaGuard:
     def _repair_state(self, old: dict[str, tuple[bool, Any]]) -> None:
         state = state_of(self.doc)
         for key, (added, previous) in old.items():
-            if added or not isinstance(previous, _SCALARS):
+            # Plain JSON goes back as it was (input_request is an object); shared types cannot.
+            if added or not isinstance(previous, (*_SCALARS, dict, list)):
                 if key in state:
                     del state[key]
             elif state.get(key) != previous:

@@ -23,7 +23,7 @@ from pycrdt import Doc, Subscription, TransactionEvent, merge_updates
 from .auth import User
 from .awareness import PresenceLimits, RoomAwareness
 from .extensions import Change, ChangesDurable, Hooks, PeerJoined, PeerLeft
-from .fanout import Fanout, LocalFanout, Peer
+from .fanout import ClosablePeer, Fanout, LocalFanout, Peer
 from .guard import SchemaGuard
 from .origins import OWNER_WORK, SERVER, SERVER_ORIGINS, Origin, PeerOrigin, RemoteOrigin
 from .ownership import NotOwner
@@ -138,6 +138,13 @@ class Room:
         if removal is not None:
             self.broadcast(encode_awareness(removal), exclude=peer)
         self.hooks.notify("on_peer_left", PeerLeft(self, peer, origin.user if origin else None))
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """Ask every peer that can be closed to close (the notebook moved or is gone);
+        each closes after what it was already sent."""
+        for peer in list(self.peers):
+            if isinstance(peer, ClosablePeer):
+                peer.close(code, reason)
 
     def broadcast(self, message: bytes, exclude: Peer | None = None) -> None:
         self.fanout.publish(self.name, message, list(self.peers), exclude)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from pycrdt import Doc
 
@@ -130,6 +130,33 @@ class RoomManager:
             entry.evict_timer = loop.call_later(
                 self.settings.idle_timeout, lambda: asyncio.create_task(self._evict(room.name, entry))
             )
+
+    @asynccontextmanager
+    async def exclusive(self, *names: str) -> AsyncIterator[None]:
+        """Hold ``names`` (canonical): no room of theirs loads or is evicted meanwhile.
+        For a rename or a delete, which then use ``rename`` and ``unload``."""
+        async with AsyncExitStack() as stack:
+            for name in sorted(set(names)):  # one order for everyone: no deadlock
+                await stack.enter_async_context(self._locks.hold(name))
+            yield
+
+    def rename(self, old: str, new: str) -> Room | None:
+        """The open room of ``old`` (if any) is now the room of ``new``: its holders,
+        document and peers stay. Call inside ``exclusive(old, new)``."""
+        entry = self._open.pop(old, None)
+        if entry is None:
+            return None
+        entry.room.name = new
+        self._open[new] = entry
+        return entry.room
+
+    async def unload(self, name: str) -> None:
+        """Unload the room of ``name`` now, whoever holds it (a deleted notebook).
+        Call inside ``exclusive(name)``."""
+        entry = self._open.pop(name, None)
+        if entry is not None:
+            await self._close_entry(entry)
+            logger.info("unloaded room %s", name)
 
     async def _load(self, name: str) -> Room:
         while True:

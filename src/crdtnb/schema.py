@@ -32,7 +32,9 @@ STATE = "state"
 KERNEL_STATUS = "kernel_status"  # "none" | "starting" | "idle" | "busy" | "dead"
 FILE_ERROR = "file_error"  # why the .ipynb cannot be written now (absent when it can)
 SAVED_AT = "saved_at"  # Unix time of the last successful save
-SERVER_STATE_KEYS = frozenset({KERNEL_STATUS, FILE_ERROR, SAVED_AT})
+INPUT_REQUEST = "input_request"  # {"id", "cell_id", "prompt", "password"}: a running cell waits for input
+MOVED_TO = "moved_to"  # the notebook's new path after a rename: open pages follow it
+SERVER_STATE_KEYS = frozenset({KERNEL_STATUS, FILE_ERROR, SAVED_AT, INPUT_REQUEST, MOVED_TO})
 
 # Keys of a code cell that only the kernel agent writes (peers may clear outputs).
 EXECUTION_STATE = "execution_state"

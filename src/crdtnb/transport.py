@@ -51,7 +51,8 @@ class CloseCode(IntEnum):
     BAD_PATH = 4400
     UNAUTHENTICATED = 4401
     FORBIDDEN = 4403
-    NOT_FOUND = 4404
+    NOT_FOUND = 4404  # also: the notebook was deleted while open
+    MOVED = 4410  # the notebook was renamed: the reason and state.moved_to give its new path
     INVALID_NOTEBOOK = 4422
 
 

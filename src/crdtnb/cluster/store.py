@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..ownership import NotOwner
 from ..pieces import unpack
-from ..store.base import StoreClosedError, StoreUnavailable
+from ..store.base import RenameUnsupported, StoreClosedError, StoreUnavailable
 from ..store.merge import merge_log
 from .keys import ROOMS, RoomKeys
 from .leases import Leases
@@ -306,6 +306,11 @@ class RedisStore:
         await self.redis.hdel(ROOMS, keys.tag)
         self._sizes.pop(room, None)
         self._known.discard(room)
+
+    async def rename_room(self, old: str, new: str) -> None:
+        # A room's keys share one slot, chosen by its name: a rename would move them
+        # across slots, and every node's open room, lease and channels with them.
+        raise RenameUnsupported("renaming a notebook is not supported in a cluster (yet)")
 
     async def rooms(self) -> list[str]:
         names: dict[Any, Any] = await self.redis.hgetall(ROOMS)

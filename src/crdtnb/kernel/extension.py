@@ -17,15 +17,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from ..api import RequestError
+from ..api import RequestError, json_object
 from ..auth import Action
-from ..extensions import DaemonStarted, DaemonStopping, Extension, RoomDisowned, RoomOwned
+from ..extensions import (
+    DaemonStarted,
+    DaemonStopping,
+    Extension,
+    RoomDeleting,
+    RoomDisowned,
+    RoomOwned,
+    RoomRenamed,
+)
 from ..origins import KERNEL
 from ..outputs import OutputWriter
 from ..ownership import NotOwner
-from ..schema import EXECUTION_STATE, KERNEL_STATUS, state_of
+from ..schema import EXECUTION_STATE, INPUT_REQUEST, KERNEL_STATUS, state_of
 from ..settings import KernelSettings
-from .agent import CUT_OFF, KernelAgent, KernelStatus
+from .agent import CUT_OFF, InputNotPending, KernelAgent, KernelStatus, no_kernel
 from .process import KernelLauncher
 
 if TYPE_CHECKING:
@@ -54,12 +62,24 @@ class Kernels(Extension):
 
     def routes(self, api: Api) -> Sequence[BaseRoute]:
         return [
-            api.route("/api/notebooks/{path:path}/execute", self._execute, methods=["POST"], action=Action.EXECUTE),
-            api.route("/api/notebooks/{path:path}/interrupt", self._interrupt, methods=["POST"], action=Action.EXECUTE),
-            api.route("/api/notebooks/{path:path}/restart", self._restart, methods=["POST"], action=Action.EXECUTE),
-            api.route("/api/notebooks/{path:path}/shutdown", self._shutdown, methods=["POST"], action=Action.EXECUTE),
-            api.route("/api/notebooks/{path:path}/kernel", self._status, methods=["GET"], action=Action.READ),
+            api.route(f"/api/notebooks/{{path:path}}/{suffix}", self._endpoint(action), methods=[method], action=ACTIONS[action])
+            for action, (method, suffix) in ROUTES.items()
         ]
+
+    def _endpoint(self, action: str) -> Callable[[Api, Request, str], Awaitable[Response]]:
+        """A REST route only parses, asks ``request`` and answers."""
+
+        async def endpoint(api: Api, request: Request, path: str) -> Response:
+            body = await json_object(request) if request.method == "POST" else {}
+            result = await self.request(path, action, body)
+            if action == "status":
+                # What the caller may do with it (the page offers completion and input only then).
+                user = await api.user(request)
+                result["may_execute"] = user is not None and await api.allowed(user, path, Action.EXECUTE)
+            return JSONResponse(result, status_code=202 if action == "execute" else 200)
+
+        endpoint.__name__ = action
+        return endpoint
 
     async def on_daemon_started(self, event: DaemonStarted) -> None:
         self._daemon = event.daemon
@@ -90,6 +110,8 @@ class Kernels(Extension):
         with room.doc.transaction(origin=KERNEL):
             if state.get(KERNEL_STATUS) not in (None, KernelStatus.NONE.value, KernelStatus.DEAD.value):
                 state[KERNEL_STATUS] = KernelStatus.NONE.value
+            if INPUT_REQUEST in state:  # asked by a kernel that is gone
+                del state[INPUT_REQUEST]
             if cut_off:
                 writer = OutputWriter(room.doc, index=room.index)
                 ename, evalue = CUT_OFF
@@ -108,6 +130,24 @@ class Kernels(Extension):
             else:
                 await agent.abandon()
             self._forget(agent)
+
+    async def on_room_renamed(self, event: RoomRenamed) -> None:
+        """A running kernel keeps running under the new name (in the directory it
+        started in; a restart starts in the new one)."""
+        agent = self.agents.pop(event.old, None)
+        if agent is not None:
+            self.agents[event.new] = agent
+            agent.cwd = self.daemon.files.locate(event.new).parent
+        ended = self.ended.pop(event.old, None)
+        if ended is not None:
+            self.ended[event.new] = ended
+
+    async def on_room_deleting(self, event: RoomDeleting) -> None:
+        agent = self.agents.get(event.name)
+        if agent is not None:
+            await agent.shutdown()
+            self._forget(agent)
+        self.ended.pop(event.name, None)
 
     # -- agents -----------------------------------------------------------------------
 
@@ -144,6 +184,7 @@ class Kernels(Extension):
             "kernel": None,
             "running": None,
             "queue": [],
+            "input_request": None,
         }
         info["cull_idle"] = self.settings.cull_idle or None
         return info
@@ -176,11 +217,14 @@ class Kernels(Extension):
                 culled.append(name)
         return culled
 
-    # -- requests -----------------------------------------------------------------------
+    # -- requests -------------------------------------------------------------------------
 
     async def request(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Every kernel request goes through here: run by this daemon when it owns the
-        room (or can claim it), else forwarded to the owner (in a cluster)."""
+        """Every request to a room's kernel goes through here, whichever way it came:
+        run by this daemon when it owns the room (or can claim it), else forwarded to the
+        owner (in a cluster). ``action`` is one of ``ACTIONS``, ``body`` its JSON
+        arguments; the answer is JSON too. The caller has checked that the user may do
+        ``ACTIONS[action]`` on ``name`` (a canonical name). Refusals raise RequestError."""
         if self.remote is not None and not self.daemon.ownership.owns(name):
             answer = await self.remote(name, action, body)
             if answer is not None:
@@ -190,45 +234,107 @@ class Kernels(Extension):
 
     async def handle(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """Run a kernel request on the owner."""
-        if action == "execute":
-            queued = (await self.agent(name)).execute(list(body["cell_ids"]))
-            return {"queued": queued, **self.status(name)}
-        agent = self.agents.get(name)
-        if action == "interrupt":
-            if agent is not None:
-                await agent.interrupt()
-        elif action == "restart":
-            await (await self.agent(name)).restart()
-        elif action == "shutdown":
-            if agent is not None:
-                await agent.shutdown()
-                self._forget(agent)
-        elif action != "status":
+        handler = {
+            "execute": self._execute,
+            "interrupt": self._interrupt,
+            "restart": self._restart,
+            "shutdown": self._shutdown,
+            "status": self._status,
+            "complete": self._complete,
+            "inspect": self._inspect,
+            "input": self._input,
+        }.get(action)
+        if handler is None:
             raise RequestError(400, f"unknown kernel request {action!r}")
-        return self.status(name)
+        return await handler(name, body)
 
-    # -- routes -----------------------------------------------------------------------
-
-    async def _execute(self, api: Api, request: Request, path: str) -> Response:
-        try:
-            body = await request.json()
-            cell_ids = body["cell_ids"]
-            if not isinstance(cell_ids, list) or not all(isinstance(c, str) for c in cell_ids):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise RequestError(400, 'expected a JSON body {"cell_ids": ["<cell id>", ...]}') from None
+    async def _execute(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        cell_ids = body.get("cell_ids")
+        if not isinstance(cell_ids, list) or not all(isinstance(c, str) for c in cell_ids):
+            raise RequestError(400, 'expected a JSON body {"cell_ids": ["<cell id>", ...]}')
         if len(cell_ids) > MAX_CELLS_PER_REQUEST:
             raise RequestError(413, f"at most {MAX_CELLS_PER_REQUEST} cells per request")
-        return JSONResponse(await self.request(path, "execute", {"cell_ids": cell_ids}), status_code=202)
+        queued = (await self.agent(name)).execute(cell_ids)
+        return {"queued": queued, **self.status(name)}
 
-    async def _interrupt(self, api: Api, request: Request, path: str) -> Response:
-        return JSONResponse(await self.request(path, "interrupt", {}))
+    async def _interrupt(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        agent = self.agents.get(name)
+        if agent is not None:
+            await agent.interrupt()
+        return self.status(name)
 
-    async def _restart(self, api: Api, request: Request, path: str) -> Response:
-        return JSONResponse(await self.request(path, "restart", {}))
+    async def _restart(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        await (await self.agent(name)).restart()
+        return self.status(name)
 
-    async def _shutdown(self, api: Api, request: Request, path: str) -> Response:
-        return JSONResponse(await self.request(path, "shutdown", {}))
+    async def _shutdown(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        agent = self.agents.get(name)
+        if agent is not None:
+            await agent.shutdown()
+            self._forget(agent)
+        return self.status(name)
 
-    async def _status(self, api: Api, request: Request, path: str) -> Response:
-        return JSONResponse(await self.request(path, "status", {}))
+    async def _status(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.status(name)
+
+    async def _complete(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        code, cursor_pos = _code_and_cursor(body, "complete")
+        agent = self.agents.get(name)  # no kernel is started for a completion
+        if agent is None:
+            return no_kernel("complete", cursor_pos)
+        return await agent.complete(code, cursor_pos)
+
+    async def _inspect(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        code, cursor_pos = _code_and_cursor(body, "inspect")
+        detail_level = body.get("detail_level", 0)
+        if detail_level not in (0, 1) or isinstance(detail_level, bool):
+            raise RequestError(400, "detail_level must be 0 or 1")
+        agent = self.agents.get(name)
+        if agent is None:
+            return no_kernel("inspect")
+        return await agent.inspect(code, cursor_pos, detail_level)
+
+    async def _input(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        request_id, value = body.get("id"), body.get("value")
+        if not isinstance(request_id, str) or not isinstance(value, str):
+            raise RequestError(400, 'expected a JSON body {"id": "<input request id>", "value": "<text>"}')
+        agent = self.agents.get(name)
+        try:
+            if agent is None:
+                raise InputNotPending(f"input request {request_id} is not waiting (no kernel runs)")
+            answered = agent.answer_input(request_id, value)
+        except InputNotPending as exc:
+            raise RequestError(409, str(exc)) from None
+        return {"answered": answered.id, "cell_id": answered.cell_id}
+
+
+# The permission each kernel action needs, and its REST route.
+ACTIONS: dict[str, Action] = {
+    "execute": Action.EXECUTE,
+    "interrupt": Action.EXECUTE,
+    "restart": Action.EXECUTE,
+    "shutdown": Action.EXECUTE,
+    "status": Action.READ,
+    "complete": Action.EXECUTE,  # runs code: a completer may evaluate attributes
+    "inspect": Action.EXECUTE,
+    "input": Action.EXECUTE,
+}
+ROUTES: dict[str, tuple[str, str]] = {
+    "execute": ("POST", "execute"),
+    "interrupt": ("POST", "interrupt"),
+    "restart": ("POST", "restart"),
+    "shutdown": ("POST", "shutdown"),
+    "status": ("GET", "kernel"),
+    "complete": ("POST", "complete"),
+    "inspect": ("POST", "inspect"),
+    "input": ("POST", "input"),
+}
+
+
+def _code_and_cursor(body: dict[str, Any], action: str) -> tuple[str, int]:
+    code, cursor_pos = body.get("code"), body.get("cursor_pos")
+    if not isinstance(code, str) or not isinstance(cursor_pos, int) or isinstance(cursor_pos, bool):
+        raise RequestError(400, f'expected a JSON body {{"code": "<text>", "cursor_pos": <int>}} for {action}')
+    if not 0 <= cursor_pos <= len(code):
+        raise RequestError(400, "cursor_pos must be within the code (in characters)")
+    return code, cursor_pos

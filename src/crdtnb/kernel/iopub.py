@@ -75,6 +75,12 @@ class IopubRouter:
             else:
                 self.flush()
 
+    def inject(self, cell_id: str, name: str, text: str) -> None:
+        """Write stream text of our own into a cell's output, after what the kernel sent
+        before it (the echo of an answered input request)."""
+        self._pending.append((cell_id, {"header": {"msg_type": "stream"}, "content": {"name": name, "text": text}}))
+        self.flush()
+
     def _status(self, parent: str | None, state: str | None) -> None:
         if state == "idle":
             self.flush()

@@ -6,13 +6,14 @@ seen is lost on ``kill -9``. The room layer only knows the :class:`Store` protoc
 ``merge.py`` turns a log into one verified snapshot for compaction.
 """
 
-from .base import CompactionError, Store, StoreClosedError, StoreError, StoreUnavailable
+from .base import CompactionError, RenameUnsupported, Store, StoreClosedError, StoreError, StoreUnavailable
 from .merge import decode_state_vector, merge_log
 from .sqlite import SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
     "CompactionError",
     "SCHEMA_VERSION",
+    "RenameUnsupported",
     "SQLiteStore",
     "Store",
     "StoreClosedError",

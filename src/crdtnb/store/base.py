@@ -18,6 +18,10 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached now (a cluster's Redis is down or cut off)."""
 
 
+class RenameUnsupported(StoreError):
+    """This store cannot give a room another name."""
+
+
 class CompactionError(StoreError):
     """A log could not be merged safely; the log was left untouched."""
 
@@ -75,6 +79,13 @@ class Store(Protocol):
 
     async def delete_room(self, room: str) -> None:
         """Forget the room: its snapshot, updates and meta."""
+        ...
+
+    async def rename_room(self, old: str, new: str) -> None:
+        """Give the room ``old`` the name ``new``: its snapshot, updates and meta, in one
+        step ordered after every call made before it. Whatever ``new`` had is dropped.
+        Appends for the room made after this call must use ``new``. A store that cannot
+        rename raises RenameUnsupported and changes nothing."""
         ...
 
     async def rooms(self) -> list[str]:
