@@ -47,7 +47,7 @@ def tiny_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ipynb, "CHARS_PER_CALL", 7)
     monkeypatch.setattr(ipynb, "LINES_PER_CALL", 3)
     monkeypatch.setattr(ipynb, "BYTES_PER_CHUNK", 5)
-    monkeypatch.setattr(ipynb, "DECODE_BYTES", 11)
+    monkeypatch.setattr(ipynb, "WINDOW_BYTES", 11)
 
 
 def bundled() -> list[Path]:

@@ -164,7 +164,8 @@ def test_diff_in_pieces_equals_one_diff() -> None:
     nb = big_notebook()
     doc = applied(notebook_pieces(nb, piece_bytes=20_000))
     with doc.transaction():
-        cells_of(doc)[3]["source"] += "edited"
+        text = cells_of(doc)[3]["source"]
+        text.insert(len(text), "edited")
         del cells_of(doc)[5]
     peer = applied(notebook_pieces(big_notebook(cells=2), piece_bytes=20_000))  # knows other clients
     for state in (None, b"\x00", peer.get_state()):
@@ -312,7 +313,9 @@ async def test_a_big_notebook_is_seeded_served_and_reloaded_in_pieces(big_root: 
     async with in_process(big_root, store) as daemon:
         async with daemon.rooms.hold("big.ipynb") as room:
             rows = await store.load("big.ipynb")
-            assert len(rows) > 5  # seeded in pieces, atomically
+            assert len(rows) > 5  # seeded in pieces, atomically, as the room's snapshot:
+            rows_since, bytes_since = await store.log_size("big.ipynb")  # only the note of the file's save time
+            assert rows_since <= 2 and bytes_since < 1000 and not store.needs_compaction("big.ipynb")
             sent: list[bytes] = []
 
             class Peer:
@@ -331,6 +334,10 @@ async def test_a_big_notebook_is_seeded_served_and_reloaded_in_pieces(big_root: 
             exported = room.index.export()
             assert [c["id"] for c in exported["cells"]] == [c["id"] for c in expected["cells"]]
             await store.compact("big.ipynb")
+            for _ in range(100):  # the file's base is stored once the room is served
+                if await store.get_meta("big.ipynb", BASE_KEY) is not None:
+                    break
+                await asyncio.sleep(0.05)
             assert await store.get_meta("big.ipynb", BASE_KEY) is not None
     reopened = SQLiteStore(big_root.parent / "state.sqlite3")
     async with in_process(big_root, reopened) as daemon:
@@ -400,3 +407,78 @@ async def test_a_file_broken_while_the_room_was_closed_refuses_it(tmp_path: Path
         with pytest.raises(InvalidNotebook):
             async with daemon.rooms.hold("nb.ipynb"):
                 pass
+
+
+async def test_a_database_from_before_snapshot_parts_is_migrated_and_loads(tmp_path: Path) -> None:
+    """Schema 1 kept a snapshot as one blob in rooms.snapshot: it still loads, and the
+    next compaction writes parts."""
+    import sqlite3
+
+    doc = applied(notebook_pieces(big_notebook(cells=4)))
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE rooms (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+                            snapshot BLOB, snapshot_seq INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE updates (seq INTEGER PRIMARY KEY AUTOINCREMENT, room_id INTEGER NOT NULL, data BLOB NOT NULL);
+        CREATE INDEX updates_by_room ON updates (room_id);
+        CREATE TABLE meta (room_id INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                           PRIMARY KEY (room_id, key)) WITHOUT ROWID;
+        PRAGMA user_version = 1;
+        """
+    )
+    conn.execute("INSERT INTO rooms (name, snapshot, snapshot_seq) VALUES ('r.ipynb', ?, 7)", (doc.get_update(),))
+    conn.commit()
+    conn.close()
+    replica: Doc = Doc()
+    replica.apply_update(doc.get_update())
+    edits: list[bytes] = []
+    replica.observe(lambda event: edits.append(event.update))
+    text = cells_of(replica)[0]["source"]
+    text.insert(len(text), "more")
+    async with SQLiteStore(path, compact_threshold_rows=1) as store:
+        assert doc_shape(applied(await store.load("r.ipynb"))) == doc_shape(doc)
+        await store.append("r.ipynb", edits)
+        await store.compact("r.ipynb")
+        assert doc_shape(applied(await store.load("r.ipynb"))) == doc_shape(replica)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT snapshot FROM rooms").fetchall() == [(None,)]
+    assert conn.execute("SELECT count(*) FROM snapshot_parts").fetchone()[0] >= 1
+    conn.close()
+
+
+async def test_a_big_file_base_is_stored_in_parts_and_merges(big_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The document as the file last had it is kept for three-way merges: a big one in
+    parts, each save writing the slot not in use and then switching to it. An edit made
+    to the file while the daemon is down merges into the room on the next open."""
+    from crdtnb.filesync import _BASE_PARTS
+
+    monkeypatch.setattr("crdtnb.notebook.PIECE_BYTES", 20_000)
+    store = SQLiteStore(big_root.parent / "state.sqlite3")
+    slots = []
+    async with in_process(big_root, store, files=_quick_saves()) as daemon:
+        async with daemon.rooms.hold("big.ipynb") as room:
+            room.served.set()  # as if a client had been served: the base is stored now
+            files = daemon.extension(FileSyncExtension)
+            assert files is not None
+            sync = files.syncs["big.ipynb"]
+            for word in ("first", "second", "third"):
+                text = cells_of(room.doc)[0]["source"]
+                text.insert(len(text), f"# {word}\n")
+                await room.flushed()
+                sync.changed()
+                assert await sync.save() is not None
+                where = await store.get_meta("big.ipynb", BASE_KEY)
+                assert where is not None and where.startswith(_BASE_PARTS)
+                slots.append(json.loads(where[len(_BASE_PARTS) :])["slot"])
+    assert slots[0] != slots[1] != slots[2]
+    on_disk = json.loads((big_root / "big.ipynb").read_text())
+    assert "".join(on_disk["cells"][0]["source"]).endswith("# third\n")
+    on_disk["cells"][5]["source"] = "changed while the daemon was down\n"
+    (big_root / "big.ipynb").write_text(json.dumps(on_disk))
+    async with in_process(big_root, SQLiteStore(big_root.parent / "state.sqlite3")) as daemon:
+        async with daemon.rooms.hold("big.ipynb") as room:
+            exported = room.index.export()
+            assert exported["cells"][5]["source"] == "changed while the daemon was down\n"
+            assert exported["cells"][0]["source"].endswith("# first\n# second\n# third\n")

@@ -22,6 +22,7 @@ Two kinds of trouble, both shown to clients as ``state.file_error``:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
+from . import ipynb
 from .auth import Action
 from .extensions import (
     ChangesDurable,
@@ -52,10 +54,10 @@ from .extensions import (
     RoomUnloading,
 )
 from .files import FileChanged, FileStamp, InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
-from .merge import merge_disk_changes
+from .merge import merge_disk_changes_in_pieces
 from .notebook import canonical_notebook, notebook_pieces
 from .origins import FILE
-from .pieces import diff_in_pieces, pack
+from .pieces import diff_in_pieces, diff_plan, unpack
 from .room import Room
 from .rooms import served
 from .schema import FILE_ERROR, SAVED_AT, kernel_busy, state_of
@@ -67,8 +69,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("crdtnb.files")
 
-BASE_KEY = "file_base"
+BASE_KEY = "file_base"  # the base: one update, or (a big one) where its parts are
 SHA_KEY = "file_sha256"
+# BASE_KEY's value when the base is in parts, followed by {"slot", "counts"} in JSON: the
+# parts are under BASE_KEY/<slot>/<n>, written into the slot not in use, then switched to.
+_BASE_PARTS = b"crdtnb-base-parts\x00"
 WRITE_ATTEMPTS = 3  # outside edits racing one save: merge and write again
 
 
@@ -79,15 +84,15 @@ class FileSync:
         files: NotebookFiles,
         store: Store,
         *,
-        base: bytes | None,
+        base: list[bytes] | None,
         stamp: FileStamp,
         settings: FileSettings | None = None,
     ) -> None:
         self.room = room
         self.files = files
         self.store = store
-        # The document as it last matched the file (pieces.pack'ed): None while only the
-        # store holds it (read when a merge needs it).
+        # The document as it last matched the file, in pieces (pieces.py): None while only
+        # the store holds it (read when a merge needs it).
         self.base = base
         self.stamp = stamp
         settings = settings or FileSettings()
@@ -282,8 +287,7 @@ class FileSync:
                 await self._merge_outside_edit()
                 if self.disk_error is not None:
                     return None
-                nb = self.room.index.export()
-                base = pack(diff_in_pieces(self.room.doc))
+                nb, base = await self._snapshot()
                 try:
                     stamp = await asyncio.to_thread(self.files.write, self.room.name, nb, self.stamp)
                 except FileChanged:
@@ -353,7 +357,7 @@ class FileSync:
         was_dirty = self.dirty
         base = self.base if self.base is not None else await self._stored_base()
         with self.room.doc.transaction(origin=FILE):
-            self.base = merge_disk_changes(self.room.doc, base, nb)
+            self.base = merge_disk_changes_in_pieces(self.room.doc, base, nb)
         self.stamp = stamp
         await self._remember_base()
         await self.room.flushed()
@@ -362,18 +366,57 @@ class FileSync:
             self._dirty_since = None
         self.room.hooks.notify("on_file_merged", FileMerged(self.room, self.room.name))
 
-    async def _stored_base(self) -> bytes:
-        base = await self.store.get_meta(self.room.name, BASE_KEY)
-        return base if base is not None else await _encode_base(self.room)
+    async def _snapshot(self) -> tuple[dict[str, Any], list[bytes]]:
+        """The export to write and the base that goes with it: the document at one moment.
+        A big document is encoded a piece at a time, the loop free in between; if it
+        changed meanwhile, again (a busy room's third try is done in one go)."""
+        room = self.room
+        for _ in range(2):
+            mark = room.changes
+            nb = room.index.export()
+            pieces: list[bytes] = []
+            for vector in diff_plan(room.doc):
+                if pieces:
+                    await asyncio.sleep(0)
+                pieces.append(room.doc.get_update(vector) if vector else room.doc.get_update())
+            if room.changes == mark:
+                return nb, pieces
+        return room.index.export(), diff_in_pieces(room.doc)
+
+    async def _stored_base(self) -> list[bytes]:
+        name = self.room.name
+        value = await self.store.get_meta(name, BASE_KEY)
+        if value is None:
+            return await _encode_base(self.room)
+        if not value.startswith(_BASE_PARTS):
+            return unpack(value)
+        where = json.loads(value[len(_BASE_PARTS) :])
+        parts = [await self.store.get_meta(name, _part_key(where["slot"], n)) for n in range(where["counts"][where["slot"]])]
+        if any(part is None for part in parts):
+            raise RuntimeError(f"the file base of {name} misses parts")
+        return [part for part in parts if part is not None]
 
     async def _remember_base(self) -> None:
+        """Store the base, then the file's hash (in that order: a hash stored with an older
+        base would have a later merge undo what the file has)."""
         assert self.base is not None
         self._base_unstored = False
-        # Submitted together: one commit of the store's writer.
-        await asyncio.gather(
-            self.store.set_meta(self.room.name, BASE_KEY, self.base),
-            self.store.set_meta(self.room.name, SHA_KEY, self.stamp.sha256.encode()),
-        )
+        name, base = self.room.name, self.base
+        if len(base) == 1:
+            await self.store.set_meta(name, BASE_KEY, base[0])
+        else:
+            # A big base in parts of about a megabyte (one blob would be copied whole, by
+            # calls that hold the GIL): written where the current base is not, then used.
+            current = await self.store.get_meta(name, BASE_KEY)
+            where = json.loads(current[len(_BASE_PARTS) :]) if current and current.startswith(_BASE_PARTS) else None
+            slot = 1 - where["slot"] if where else 0
+            counts = where["counts"] if where else [0, 0]
+            writes = [self.store.set_meta(name, _part_key(slot, n), part) for n, part in enumerate(base)]
+            writes += [self.store.set_meta(name, _part_key(slot, n), b"") for n in range(len(base), counts[slot])]
+            await asyncio.gather(*writes)
+            counts[slot] = len(base)
+            await self.store.set_meta(name, BASE_KEY, _BASE_PARTS + json.dumps({"slot": slot, "counts": counts}).encode())
+        await self.store.set_meta(name, SHA_KEY, self.stamp.sha256.encode())
 
     def _note_saved(self, when: float | None) -> None:
         self.saved_at = when
@@ -404,12 +447,16 @@ def _load_in_pieces(doc: Doc, nb: dict[str, Any]) -> None:
         doc.apply_update(piece)
 
 
-async def _encode_base(room: Room) -> bytes:
+def _part_key(slot: int, number: int) -> str:
+    return f"{BASE_KEY}/{slot}/{number}"
+
+
+async def _encode_base(room: Room) -> list[bytes]:
     """The room's document as a file base, in pieces (pieces.py). On a worker thread while
     nobody else can touch the document (the room is being opened), else on the loop."""
     if room.peers:
-        return pack(diff_in_pieces(room.doc))
-    return await asyncio.to_thread(lambda: pack(diff_in_pieces(room.doc)))
+        return diff_in_pieces(room.doc)
+    return await asyncio.to_thread(diff_in_pieces, room.doc)
 
 
 def _same_notebook(exported: dict[str, Any], nb: dict[str, Any]) -> bool:
@@ -435,6 +482,7 @@ class FileSyncExtension(Extension):
         self._files: NotebookFiles | None = None
         self._store: Store | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._preparing: asyncio.Task[None] | None = None
 
     def routes(self, api: Api) -> Sequence[BaseRoute]:
         return [api.route("/api/notebooks/{path:path}/save", self.save_now, methods=["POST"], action=Action.WRITE)]
@@ -443,12 +491,16 @@ class FileSyncExtension(Extension):
         self._files = event.daemon.files
         self._store = event.daemon.store
         self._poller = asyncio.create_task(self._poll(), name="filesync-poller")
+        # nbformat's schema compiled at start, not while the first notebook opens.
+        self._preparing = asyncio.create_task(asyncio.to_thread(ipynb.prepare), name="filesync-schema")
 
     async def on_daemon_stopping(self, event: DaemonStopping) -> None:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
+        if self._preparing is not None:
+            await asyncio.gather(self._preparing, return_exceptions=True)  # a thread: let it end
 
     async def _poll(self) -> None:
         """One task looks at every open file each ``poll_interval``: a thousand idle

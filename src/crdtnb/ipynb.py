@@ -26,7 +26,6 @@ This module depends only on the standard library (and nbformat's schema, for rea
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 import threading
@@ -37,7 +36,7 @@ import nbformat
 from nbformat.corpus.words import generate_corpus_id
 from nbformat.validator import get_validator
 
-__all__ = ["parse", "serialize", "serialize_json", "validated"]
+__all__ = ["parse", "prepare", "serialize", "serialize_json", "validated"]
 
 # json.dumps(ensure_ascii=False) escapes strings with this function (C when available).
 _escape: Callable[[str], str] = json.encoder.encode_basestring
@@ -55,16 +54,15 @@ _TRANSIENT_METADATA = frozenset({"orig_nbformat", "orig_nbformat_minor", "signat
 
 # --------------------------------------------------------------------------- reading
 
-DECODE_BYTES = 1 << 20  # UTF-8 decoded in slices of this
+WINDOW_BYTES = 1 << 20  # a file's text is decoded this much at a time (more for a longer value)
 
 
 def parse(data: bytes) -> dict[str, Any]:
     """The notebook in ``data`` (an .ipynb file's bytes) as nbformat v4 in plain dicts:
     what ``nbformat.reads(data.decode(), as_version=4)`` gives once ``nbformat.validate``
     accepts it. Raises what nbformat raises for a file it refuses."""
-    text = _decode(data)
     try:
-        nb = _loads(text)
+        nb = _loads(data)
         if _fast_version(nb):
             _to_notebook(nb)
             _normalize_ids(nb)
@@ -73,10 +71,18 @@ def parse(data: bytes) -> dict[str, Any]:
                 return fast
     except Exception:
         pass  # nbformat decides, and says why
-    node = nbformat.reads(text, as_version=4)
+    node = nbformat.reads(data.decode("utf-8"), as_version=4)
     nbformat.validate(node)
     plain: dict[str, Any] = json.loads(json.dumps(node))
     return plain
+
+
+def prepare() -> None:
+    """Compile every validator of the current nbformat version now (else each one is,
+    when first needed: Python's compiler holds the GIL for ~10 ms a validator)."""
+    schema = _schema(nbformat.v4.nbformat_minor)
+    for kind, value in list(schema.refs):
+        schema.part(kind, value)
 
 
 def validated(nb: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -91,78 +97,132 @@ def validated(nb: Mapping[str, Any]) -> Mapping[str, Any]:
     return plain
 
 
-def _decode(data: bytes) -> str:
-    if len(data) <= DECODE_BYTES:
-        return data.decode("utf-8")
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    view = memoryview(data)
-    pieces = [decoder.decode(view[start : start + DECODE_BYTES]) for start in range(0, len(data), DECODE_BYTES)]
-    pieces.append(decoder.decode(b"", final=True))
-    return "".join(pieces)
-
-
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 _scanstring: Callable[..., tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
-def _loads(text: str) -> Any:
-    """json.loads(text), with the top object and its "cells" array read member by member
-    (one C call per cell rather than one for the whole file)."""
-    at = _WHITESPACE.match(text, 0).end()  # type: ignore[union-attr]
-    if text[at : at + 1] == "{":
-        value, at = _object(text, at + 1, cells=True)
+class _Reader:
+    """The text of UTF-8 bytes, decoded a window at a time: a 50 MB file as one str is a
+    50 MB allocation made and filled by one call that holds the GIL all along. A value
+    that does not end inside the window is read again from a window twice as long."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.view = memoryview(data)
+        self.text = ""
+        self.at = 0  # the reader's position in text
+        self.start = 0  # the byte of data where text starts
+        self.stop = 0  # the byte of data where text ends
+        self._window(0, WINDOW_BYTES)
+
+    @property
+    def complete(self) -> bool:
+        return self.stop == len(self.data)
+
+    def _window(self, start: int, size: int) -> None:
+        stop = min(len(self.data), start + size)
+        while stop < len(self.data) and 0x80 <= self.data[stop] < 0xC0:
+            stop -= 1  # a window ends before a character, not inside one
+        self.text = str(self.view[start:stop], "utf-8")
+        self.start, self.stop, self.at = start, stop, 0
+
+    def _move(self, size: int) -> None:
+        """A new window of at least ``size`` bytes, starting at the reader's position."""
+        done = self.at if self.text.isascii() else len(self.text[: self.at].encode("utf-8"))
+        self._window(self.start + done, max(size, WINDOW_BYTES))
+
+    def char(self) -> str:
+        """The next character that is not whitespace ("" at the end)."""
+        while True:
+            self.at = _WHITESPACE.match(self.text, self.at).end()  # type: ignore[union-attr]
+            if self.at < len(self.text) or self.complete:
+                return self.text[self.at : self.at + 1]
+            self._move(WINDOW_BYTES)
+
+    def value(self) -> Any:
+        """json's reading of the next value."""
+        self.char()
+        return self._read(lambda text, at: _DECODER.raw_decode(text, at))
+
+    def key(self) -> str:
+        """The string at the reader's position (it must be at its opening quote)."""
+        key: str = self._read(lambda text, at: _scanstring(text, at + 1, True))
+        return key
+
+    def _read(self, read: Callable[[str, int], tuple[Any, int]]) -> Any:
+        size = WINDOW_BYTES
+        while True:
+            if len(self.text) - self.at < size // 4 and not self.complete:
+                self._move(size)
+            try:
+                value, end = read(self.text, self.at)
+            except ValueError:
+                if self.complete:
+                    raise
+                size *= 2  # cut off by the window's end, or really broken: read more
+                self._move(size)
+                continue
+            if end == len(self.text) and not self.complete:
+                size *= 2  # a number or a word may go on after the window
+                self._move(size)
+                continue
+            self.at = end
+            return value
+
+
+def _loads(data: bytes) -> Any:
+    """json.loads(data.decode()), with the top object and its "cells" array read member by
+    member (one C call per cell rather than one for the whole file)."""
+    reader = _Reader(data)
+    if reader.char() == "{":
+        reader.at += 1
+        value = _object(reader, cells=True)
     else:
-        value, at = _DECODER.raw_decode(text, at)
-    if _WHITESPACE.match(text, at).end() != len(text):  # type: ignore[union-attr]
+        value = reader.value()
+    if reader.char() != "":
         raise ValueError("extra data after the JSON value")
     return value
 
 
-def _skip(text: str, at: int) -> int:
-    return _WHITESPACE.match(text, at).end()  # type: ignore[union-attr]
-
-
-def _object(text: str, at: int, cells: bool) -> tuple[dict[str, Any], int]:
+def _object(reader: _Reader, cells: bool) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    at = _skip(text, at)
-    if text[at : at + 1] == "}":
-        return result, at + 1
+    if reader.char() == "}":
+        reader.at += 1
+        return result
     while True:
-        if text[at : at + 1] != '"':
+        if reader.char() != '"':
             raise ValueError("expected a key")
-        key, at = _scanstring(text, at + 1, True)
-        at = _skip(text, at)
-        if text[at : at + 1] != ":":
+        key = reader.key()
+        if reader.char() != ":":
             raise ValueError("expected ':'")
-        at = _skip(text, at + 1)
-        if cells and key == "cells" and text[at : at + 1] == "[":
-            value, at = _array(text, at + 1)
+        reader.at += 1
+        if cells and key == "cells" and reader.char() == "[":
+            reader.at += 1
+            result[key] = _array(reader)
         else:
-            value, at = _DECODER.raw_decode(text, at)
-        result[key] = value
-        at = _skip(text, at)
-        if text[at : at + 1] == "}":
-            return result, at + 1
-        if text[at : at + 1] != ",":
+            result[key] = reader.value()
+        separator = reader.char()
+        reader.at += 1
+        if separator == "}":
+            return result
+        if separator != ",":
             raise ValueError("expected ',' or '}'")
-        at = _skip(text, at + 1)
 
 
-def _array(text: str, at: int) -> tuple[list[Any], int]:
+def _array(reader: _Reader) -> list[Any]:
     result: list[Any] = []
-    at = _skip(text, at)
-    if text[at : at + 1] == "]":
-        return result, at + 1
+    if reader.char() == "]":
+        reader.at += 1
+        return result
     while True:
-        value, at = _DECODER.raw_decode(text, at)
-        result.append(value)
-        at = _skip(text, at)
-        if text[at : at + 1] == "]":
-            return result, at + 1
-        if text[at : at + 1] != ",":
+        result.append(reader.value())
+        separator = reader.char()
+        reader.at += 1
+        if separator == "]":
+            return result
+        if separator != ",":
             raise ValueError("expected ',' or ']'")
-        at = _skip(text, at + 1)
 
 
 def _fast_version(nb: Any) -> bool:

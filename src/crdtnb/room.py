@@ -96,6 +96,12 @@ class Room:
     def start(self) -> None:
         self._pipeline = asyncio.create_task(self._run_pipeline(), name=f"room:{self.name}")
 
+    @property
+    def changes(self) -> int:
+        """Grows with every change of the document: the same number twice means nothing
+        changed in between."""
+        return self._enqueued
+
     async def close(self) -> None:
         """Wait until every captured change is durable (unless the room broke), then stop."""
         if self.broken is None:

@@ -11,7 +11,7 @@ from pycrdt import Decoder, Doc, get_update, merge_updates
 from ..pieces import PIECE_BYTES, decode_state_vector, pack, unpack
 from .base import CompactionError
 
-__all__ = ["decode_state_vector", "merge_log"]
+__all__ = ["decode_state_vector", "merge_log", "merge_pieces"]
 
 
 def _unintegrated(update: bytes, state: bytes, clocks: dict[int, int]) -> bytes | None:
@@ -46,8 +46,13 @@ def _merge_step(what: str) -> Iterator[None]:
 
 
 def merge_log(updates: Sequence[bytes], piece_bytes: int | None = None) -> bytes:
+    """``merge_pieces`` as one blob (pieces.pack)."""
+    return pack(merge_pieces(updates, piece_bytes))
+
+
+def merge_pieces(updates: Sequence[bytes], piece_bytes: int | None = None) -> list[bytes]:
     """A snapshot that rebuilds the same document as applying `updates` in order: one
-    update, or several in one blob (pieces.pack) for a big document, each of about
+    update, or several for a big document, each of about
     `piece_bytes` (PIECE_BYTES; a snapshot of a 50 MB notebook applied in one call would hold the GIL
     for 70 ms when the room next loads). `updates` may hold such blobs.
 
@@ -76,7 +81,7 @@ def merge_log(updates: Sequence[bytes], piece_bytes: int | None = None) -> bytes
         rebuilt = decode_state_vector(check.get_state())
     if rebuilt != clocks:
         raise CompactionError("the merged snapshot does not rebuild the logged state")
-    return pack(pieces)
+    return pieces
 
 
 def _in_pieces(updates: list[bytes], deletions: bytes, piece_bytes: int) -> list[bytes]:

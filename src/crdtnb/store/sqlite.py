@@ -31,13 +31,13 @@ from typing import Any, TypeVar
 
 from ..pieces import unpack
 from .base import CompactionError, Store, StoreClosedError, StoreError
-from .merge import merge_log
+from .merge import merge_pieces
 
 logger = logging.getLogger("crdtnb.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0  # waits out locks held by a checkpoint or an external sqlite3 shell
 MAX_BATCH_JOBS = 1000  # caps one transaction so the first caller in a burst is not held back
 READ_THREADS = 2  # a load can proceed while a compaction merges on the other thread
@@ -54,7 +54,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             name TEXT NOT NULL UNIQUE,
             snapshot BLOB,                          -- merge of every update with seq <= snapshot_seq
-            snapshot_seq INTEGER NOT NULL DEFAULT 0 -- 0: no snapshot yet
+            snapshot_seq INTEGER NOT NULL DEFAULT 0 -- 0: no update merged into it yet
         )""",
         """CREATE TABLE updates (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- global append order
@@ -69,6 +69,17 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             value BLOB NOT NULL,
             PRIMARY KEY (room_id, key)
         ) WITHOUT ROWID""",
+    ),
+    2: (
+        # A room's snapshot in parts of about a megabyte (rooms.snapshot is then NULL): a
+        # big room is read, applied and written a part at a time, each part by a short
+        # call, not as one blob that one call holds the GIL for (see pieces.py).
+        """CREATE TABLE snapshot_parts (
+            room_id INTEGER NOT NULL,
+            part INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (room_id, part)
+        )""",
     ),
 }
 
@@ -447,7 +458,29 @@ class _CompactionPlan:
     max_seq: int  # last update merged into the new snapshot
     rows: int  # update rows merged (not counting the old snapshot)
     nbytes: int
-    snapshot: bytes
+    snapshot: list[bytes]  # in parts
+
+
+def _write_parts(conn: sqlite3.Connection, room_id: int, parts: Sequence[bytes]) -> None:
+    conn.execute("DELETE FROM snapshot_parts WHERE room_id = ?", (room_id,))
+    conn.executemany(
+        "INSERT INTO snapshot_parts (room_id, part, data) VALUES (?, ?, ?)",
+        [(room_id, number, part) for number, part in enumerate(parts)],
+    )
+
+
+def _snapshot(conn: sqlite3.Connection, room_id: int, blob: bytes | None) -> list[bytes]:
+    """A room's snapshot: its parts, or the single blob of a database from before them."""
+    if blob is not None:
+        return unpack(blob)
+    rows = conn.execute("SELECT data FROM snapshot_parts WHERE room_id = ? ORDER BY part", (room_id,)).fetchall()
+    return [data for (data,) in rows]
+
+
+def _forget(conn: sqlite3.Connection, room_id: int) -> None:
+    for table in ("updates", "meta", "snapshot_parts"):
+        conn.execute(f"DELETE FROM {table} WHERE room_id = ?", (room_id,))
+    conn.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
 
 
 def _as_blobs(updates: Sequence[bytes]) -> list[bytes]:
@@ -588,6 +621,8 @@ class SQLiteStore(Store):
         await self.append(room, updates)
 
     async def seed(self, room: str, updates: Sequence[bytes]) -> bool:
+        """The first state is the room's snapshot (in parts), not rows of its log: a big
+        notebook just loaded from its file is not due for compaction at once."""
         self._check_open()
         _check_room(room)
         blobs = _as_blobs(updates)
@@ -596,17 +631,14 @@ class SQLiteStore(Store):
             room_id = _room_id(conn, room, create=True)
             snapshot = conn.execute("SELECT snapshot FROM rooms WHERE id = ?", (room_id,)).fetchall()[0][0]
             has_rows = conn.execute("SELECT 1 FROM updates WHERE room_id = ? LIMIT 1", (room_id,)).fetchall()
-            if snapshot is not None or has_rows:
+            has_parts = conn.execute("SELECT 1 FROM snapshot_parts WHERE room_id = ? LIMIT 1", (room_id,)).fetchall()
+            if snapshot is not None or has_rows or has_parts:
                 return False
-            conn.executemany("INSERT INTO updates (room_id, data) VALUES (?, ?)", [(room_id, blob) for blob in blobs])
+            assert room_id is not None  # created
+            _write_parts(conn, room_id, blobs)
             return True
 
-        def committed(seeded: bool) -> None:
-            if seeded:
-                rows, size = self._log_sizes.get(room, (0, 0))
-                self._log_sizes[room] = (rows + len(blobs), size + sum(map(len, blobs)))
-
-        return await self._submit(write, committed)
+        return await self._submit(write)
 
     async def set_meta(self, room: str, key: str, value: bytes) -> None:
         self._check_open()
@@ -633,9 +665,7 @@ class SQLiteStore(Store):
             room_id = _room_id(conn, room, create=False)
             if room_id is None:
                 return
-            conn.execute("DELETE FROM updates WHERE room_id = ?", (room_id,))
-            conn.execute("DELETE FROM meta WHERE room_id = ?", (room_id,))
-            conn.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
+            _forget(conn, room_id)
 
         def committed(_: None) -> None:
             self._log_sizes.pop(room, None)
@@ -652,9 +682,7 @@ class SQLiteStore(Store):
         def write(conn: sqlite3.Connection) -> None:
             stale = _room_id(conn, new, create=False)
             if stale is not None:  # a log left by a file of that name that is gone
-                conn.execute("DELETE FROM updates WHERE room_id = ?", (stale,))
-                conn.execute("DELETE FROM meta WHERE room_id = ?", (stale,))
-                conn.execute("DELETE FROM rooms WHERE id = ?", (stale,))
+                _forget(conn, stale)
             # The id stays: a compaction planned under the old name still lands on this room.
             conn.execute("UPDATE rooms SET name = ? WHERE name = ?", (new, old))
 
@@ -696,10 +724,8 @@ class SQLiteStore(Store):
                     return None  # deleted meanwhile: nothing left to compact
                 if found[0][0] != plan.base_seq:
                     raise CompactionError(f"room {room!r} was compacted by someone else meanwhile")
-                conn.execute(
-                    "UPDATE rooms SET snapshot = ?, snapshot_seq = ? WHERE id = ?",
-                    (plan.snapshot, plan.max_seq, plan.room_id),
-                )
+                conn.execute("UPDATE rooms SET snapshot = NULL, snapshot_seq = ? WHERE id = ?", (plan.max_seq, plan.room_id))
+                _write_parts(conn, plan.room_id, plan.snapshot)
                 deleted = conn.execute(
                     "DELETE FROM updates WHERE room_id = ? AND seq <= ?", (plan.room_id, plan.max_seq)
                 ).rowcount
@@ -721,12 +747,13 @@ class SQLiteStore(Store):
             if not found:
                 return None
             room_id, snapshot, base_seq = found[0]
+            parts = _snapshot(conn, room_id, snapshot)
             rows = conn.execute("SELECT seq, data FROM updates WHERE room_id = ? ORDER BY seq", (room_id,)).fetchall()
         if not rows:
             return None
         # The merge runs after the read transaction ends, so it does not pin the WAL meanwhile.
         updates = [data for _, data in rows]
-        merged = merge_log(([snapshot] if snapshot is not None else []) + updates)
+        merged = merge_pieces(parts + updates)
         return _CompactionPlan(
             room_id=room_id,
             base_seq=base_seq,
@@ -748,9 +775,9 @@ class SQLiteStore(Store):
                 if not found:
                     return []
                 room_id, snapshot = found[0]
+                parts = _snapshot(conn, room_id, snapshot)
                 rows = conn.execute("SELECT data FROM updates WHERE room_id = ? ORDER BY seq", (room_id,)).fetchall()
-            # A big snapshot is several updates, each applied by a short call (pieces.py).
-            return (unpack(snapshot) if snapshot is not None else []) + [data for (data,) in rows]
+            return parts + [data for (data,) in rows]
 
         return await self._read(read)
 
