@@ -482,3 +482,21 @@ async def test_a_big_file_base_is_stored_in_parts_and_merges(big_root: Path, mon
             exported = room.index.export()
             assert exported["cells"][5]["source"] == "changed while the daemon was down\n"
             assert exported["cells"][0]["source"].endswith("# first\n# second\n# third\n")
+
+
+async def test_parts_of_a_snapshot_never_switched_to_are_dropped(tmp_path: Path) -> None:
+    """A snapshot's parts are written a transaction each, then switched to: parts left by
+    a daemon that stopped in between are not the room's, and go at the next start."""
+    import sqlite3
+
+    doc = applied(notebook_pieces(big_notebook(cells=4)))
+    path = tmp_path / "db.sqlite3"
+    async with SQLiteStore(path) as store:
+        assert await store.seed("r.ipynb", diff_in_pieces(doc))
+        await store._write_parts(1, [b"never switched to", b"never"])  # as if stopped here
+        assert doc_shape(applied(await store.load("r.ipynb"))) == doc_shape(doc)
+    async with SQLiteStore(path) as store:
+        assert doc_shape(applied(await store.load("r.ipynb"))) == doc_shape(doc)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM snapshot_parts WHERE data LIKE 'never%'").fetchone()[0] == 0
+    conn.close()

@@ -406,14 +406,16 @@ class FileSync:
             await self.store.set_meta(name, BASE_KEY, base[0])
         else:
             # A big base in parts of about a megabyte (one blob would be copied whole, by
-            # calls that hold the GIL): written where the current base is not, then used.
+            # calls that hold the GIL), each its own write (others' appends go between):
+            # written where the current base is not, then switched to.
             current = await self.store.get_meta(name, BASE_KEY)
             where = json.loads(current[len(_BASE_PARTS) :]) if current and current.startswith(_BASE_PARTS) else None
             slot = 1 - where["slot"] if where else 0
             counts = where["counts"] if where else [0, 0]
-            writes = [self.store.set_meta(name, _part_key(slot, n), part) for n, part in enumerate(base)]
-            writes += [self.store.set_meta(name, _part_key(slot, n), b"") for n in range(len(base), counts[slot])]
-            await asyncio.gather(*writes)
+            for number, part in enumerate(base):
+                await self.store.set_meta(name, _part_key(slot, number), part)
+            for number in range(len(base), counts[slot]):
+                await self.store.set_meta(name, _part_key(slot, number), b"")
             counts[slot] = len(base)
             await self.store.set_meta(name, BASE_KEY, _BASE_PARTS + json.dumps({"slot": slot, "counts": counts}).encode())
         await self.store.set_meta(name, SHA_KEY, self.stamp.sha256.encode())

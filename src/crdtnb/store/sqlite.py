@@ -71,15 +71,20 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         ) WITHOUT ROWID""",
     ),
     2: (
-        # A room's snapshot in parts of about a megabyte (rooms.snapshot is then NULL): a
-        # big room is read, applied and written a part at a time, each part by a short
-        # call, not as one blob that one call holds the GIL for (see pieces.py).
+        # A room's snapshot in parts of about a megabyte: a big room is read, applied and
+        # written a part at a time, not as one blob that one call holds the GIL for (see
+        # pieces.py), and each part is its own short transaction, so that a big snapshot
+        # does not hold up other rooms' appends. The parts of a new generation are written
+        # first, then rooms.snapshot_generation switches to them (rooms.snapshot is then
+        # NULL); parts of no room's generation (a crash in between) go at the next start.
         """CREATE TABLE snapshot_parts (
             room_id INTEGER NOT NULL,
+            generation INTEGER NOT NULL,
             part INTEGER NOT NULL,
             data BLOB NOT NULL,
-            PRIMARY KEY (room_id, part)
+            PRIMARY KEY (room_id, generation, part)
         )""",
+        "ALTER TABLE rooms ADD COLUMN snapshot_generation INTEGER",
     ),
 }
 
@@ -461,20 +466,31 @@ class _CompactionPlan:
     snapshot: list[bytes]  # in parts
 
 
-def _write_parts(conn: sqlite3.Connection, room_id: int, parts: Sequence[bytes]) -> None:
-    conn.execute("DELETE FROM snapshot_parts WHERE room_id = ?", (room_id,))
-    conn.executemany(
-        "INSERT INTO snapshot_parts (room_id, part, data) VALUES (?, ?, ?)",
-        [(room_id, number, part) for number, part in enumerate(parts)],
-    )
-
-
-def _snapshot(conn: sqlite3.Connection, room_id: int, blob: bytes | None) -> list[bytes]:
-    """A room's snapshot: its parts, or the single blob of a database from before them."""
+def _snapshot(conn: sqlite3.Connection, room_id: int) -> list[bytes]:
+    """A room's snapshot: the parts of its generation, or the single blob of a database
+    from before them (or nothing)."""
+    blob, generation = conn.execute(
+        "SELECT snapshot, snapshot_generation FROM rooms WHERE id = ?", (room_id,)
+    ).fetchall()[0]
     if blob is not None:
         return unpack(blob)
-    rows = conn.execute("SELECT data FROM snapshot_parts WHERE room_id = ? ORDER BY part", (room_id,)).fetchall()
+    rows = conn.execute(
+        "SELECT data FROM snapshot_parts WHERE room_id = ? AND generation = ? ORDER BY part", (room_id, generation)
+    ).fetchall()
     return [data for (data,) in rows]
+
+
+def _has_state(conn: sqlite3.Connection, room_id: int) -> bool:
+    snapshot, generation = conn.execute(
+        "SELECT snapshot, snapshot_generation FROM rooms WHERE id = ?", (room_id,)
+    ).fetchall()[0]
+    rows = conn.execute("SELECT 1 FROM updates WHERE room_id = ? LIMIT 1", (room_id,)).fetchall()
+    return snapshot is not None or generation is not None or bool(rows)
+
+
+def _drop_parts(conn: sqlite3.Connection, room_id: int, keep: int | None) -> None:
+    """Delete the room's parts of every generation but ``keep``."""
+    conn.execute("DELETE FROM snapshot_parts WHERE room_id = ? AND generation IS NOT ?", (room_id, keep))
 
 
 def _forget(conn: sqlite3.Connection, room_id: int) -> None:
@@ -559,6 +575,11 @@ class SQLiteStore(Store):
     @staticmethod
     def _init_db(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
         _migrate(conn)
+        # Parts of a snapshot never switched to (the daemon stopped while writing them).
+        conn.execute(
+            "DELETE FROM snapshot_parts WHERE generation IS NOT"
+            " (SELECT snapshot_generation FROM rooms WHERE rooms.id = snapshot_parts.room_id)"
+        )
         rows = conn.execute(
             "SELECT rooms.name, count(*), sum(length(updates.data))"
             " FROM updates JOIN rooms ON rooms.id = updates.room_id GROUP BY rooms.name"
@@ -627,18 +648,54 @@ class SQLiteStore(Store):
         _check_room(room)
         blobs = _as_blobs(updates)
 
-        def write(conn: sqlite3.Connection) -> bool:
+        def begin(conn: sqlite3.Connection) -> int | None:
             room_id = _room_id(conn, room, create=True)
-            snapshot = conn.execute("SELECT snapshot FROM rooms WHERE id = ?", (room_id,)).fetchall()[0][0]
-            has_rows = conn.execute("SELECT 1 FROM updates WHERE room_id = ? LIMIT 1", (room_id,)).fetchall()
-            has_parts = conn.execute("SELECT 1 FROM snapshot_parts WHERE room_id = ? LIMIT 1", (room_id,)).fetchall()
-            if snapshot is not None or has_rows or has_parts:
-                return False
             assert room_id is not None  # created
-            _write_parts(conn, room_id, blobs)
+            return None if _has_state(conn, room_id) else room_id
+
+        room_id = await self._submit(begin)
+        if room_id is None:
+            return False
+        generation = await self._write_parts(room_id, blobs)
+
+        def finish(conn: sqlite3.Connection) -> bool:
+            if _has_state(conn, room_id):  # seeded meanwhile: ours goes
+                _drop_parts(conn, room_id, keep=None)
+                return False
+            conn.execute("UPDATE rooms SET snapshot_generation = ? WHERE id = ?", (generation, room_id))
             return True
 
-        return await self._submit(write)
+        return await self._submit(finish)
+
+    async def _write_parts(self, room_id: int, parts: Sequence[bytes]) -> int:
+        """Store ``parts`` as a new generation of the room's snapshot, one transaction
+        each (others' appends go between them); the caller switches to it."""
+
+        def first(conn: sqlite3.Connection) -> int:
+            found = conn.execute("SELECT max(generation) FROM snapshot_parts WHERE room_id = ?", (room_id,)).fetchall()
+            current = conn.execute("SELECT snapshot_generation FROM rooms WHERE id = ?", (room_id,)).fetchall()
+            generation = max(found[0][0] or 0, (current[0][0] or 0) if current else 0) + 1
+            conn.execute(
+                "INSERT INTO snapshot_parts (room_id, generation, part, data) VALUES (?, ?, 0, ?)",
+                (room_id, generation, parts[0]),
+            )
+            return generation
+
+        def insert(number: int) -> Callable[[sqlite3.Connection], None]:
+            def write(conn: sqlite3.Connection) -> None:
+                conn.execute(
+                    "INSERT INTO snapshot_parts (room_id, generation, part, data) VALUES (?, ?, ?, ?)",
+                    (room_id, generation, number, parts[number]),
+                )
+
+            return write
+
+        if not parts:
+            raise ValueError("a snapshot has at least one part")
+        generation = await self._submit(first)
+        for number in range(1, len(parts)):
+            await self._submit(insert(number))
+        return generation
 
     async def set_meta(self, room: str, key: str, value: bytes) -> None:
         self._check_open()
@@ -716,6 +773,7 @@ class SQLiteStore(Store):
             plan = await self._read(lambda conn: self._plan_compaction(conn, room))
             if plan is None:
                 return
+            generation = await self._write_parts(plan.room_id, plan.snapshot)
 
             def swap(conn: sqlite3.Connection) -> str | None:
                 """The room's name now (it may have been renamed meanwhile), None if deleted."""
@@ -724,8 +782,11 @@ class SQLiteStore(Store):
                     return None  # deleted meanwhile: nothing left to compact
                 if found[0][0] != plan.base_seq:
                     raise CompactionError(f"room {room!r} was compacted by someone else meanwhile")
-                conn.execute("UPDATE rooms SET snapshot = NULL, snapshot_seq = ? WHERE id = ?", (plan.max_seq, plan.room_id))
-                _write_parts(conn, plan.room_id, plan.snapshot)
+                conn.execute(
+                    "UPDATE rooms SET snapshot = NULL, snapshot_generation = ?, snapshot_seq = ? WHERE id = ?",
+                    (generation, plan.max_seq, plan.room_id),
+                )
+                _drop_parts(conn, plan.room_id, keep=generation)
                 deleted = conn.execute(
                     "DELETE FROM updates WHERE room_id = ? AND seq <= ?", (plan.room_id, plan.max_seq)
                 ).rowcount
@@ -738,7 +799,16 @@ class SQLiteStore(Store):
                     rows, nbytes = self._log_sizes.get(name, (0, 0))
                     self._log_sizes[name] = (max(rows - plan.rows, 0), max(nbytes - plan.nbytes, 0))
 
-            await self._submit(swap, committed)
+            def drop_ours(conn: sqlite3.Connection) -> None:
+                conn.execute(
+                    "DELETE FROM snapshot_parts WHERE room_id = ? AND generation = ?", (plan.room_id, generation)
+                )
+
+            try:
+                await self._submit(swap, committed)
+            except BaseException:
+                await asyncio.shield(self._submit(drop_ours))  # the parts nobody will use
+                raise
 
     @staticmethod
     def _plan_compaction(conn: sqlite3.Connection, room: str) -> _CompactionPlan | None:
@@ -747,7 +817,7 @@ class SQLiteStore(Store):
             if not found:
                 return None
             room_id, snapshot, base_seq = found[0]
-            parts = _snapshot(conn, room_id, snapshot)
+            parts = _snapshot(conn, room_id)
             rows = conn.execute("SELECT seq, data FROM updates WHERE room_id = ? ORDER BY seq", (room_id,)).fetchall()
         if not rows:
             return None
@@ -774,8 +844,8 @@ class SQLiteStore(Store):
                 found = conn.execute("SELECT id, snapshot FROM rooms WHERE name = ?", (room,)).fetchall()
                 if not found:
                     return []
-                room_id, snapshot = found[0]
-                parts = _snapshot(conn, room_id, snapshot)
+                room_id = found[0][0]
+                parts = _snapshot(conn, room_id)
                 rows = conn.execute("SELECT data FROM updates WHERE room_id = ? ORDER BY seq", (room_id,)).fetchall()
             return parts + [data for (data,) in rows]
 
