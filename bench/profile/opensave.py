@@ -135,8 +135,8 @@ def _pin(cfg: sc.Config) -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[1]})
 
 
-def _config() -> sc.Config:
-    return sc.Config(server_cpus={0} if len(os.sched_getaffinity(0)) >= 2 else None)
+def _config(pin: bool = True) -> sc.Config:
+    return sc.Config(server_cpus={0} if pin and len(os.sched_getaffinity(0)) >= 2 else None)
 
 
 async def open_cold(args: argparse.Namespace) -> None:
@@ -163,6 +163,7 @@ def _loopmon(server: servers.Server) -> None:
         cmd, env = original()
         cmd[1:3] = [str(HERE / "serve_loopmon.py")]
         env["LOOPMON_MS"] = str(args_stall_ms)
+        env["LOOPMON_GC"] = "1"
         return cmd, env
 
     server.command = command  # type: ignore[method-assign]
@@ -185,7 +186,7 @@ async def _watch_other_room(server: servers.Server, opened: asyncio.Event, rate:
     stop = asyncio.Event()
     drive = asyncio.create_task(sc.drive(writer, rate, 3600, stop))
     await opened.wait()
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.5)  # what the room does once its first client is served
     stop.set()
     await drive
     await asyncio.sleep(0.3)
@@ -197,7 +198,7 @@ async def _watch_other_room(server: servers.Server, opened: asyncio.Event, rate:
 async def block(args: argparse.Namespace) -> None:
     global args_stall_ms
     args_stall_ms = args.stall_ms
-    cfg = _config()
+    cfg = _config(not args.no_pin)
     _pin(cfg)
     nb = notebook(args.cells, args.mb)
     for rep in range(args.reps):
@@ -211,20 +212,27 @@ async def block(args: argparse.Namespace) -> None:
                 opened = asyncio.Event()
                 watch = asyncio.create_task(_watch_other_room(server, opened, args.rate))
                 await asyncio.sleep(1.5)
-                t0 = time.monotonic_ns() / 1e9
+                t0 = time.monotonic()
                 timing = await sc.time_new_client(server.url("large"))
                 opened.set()
                 latencies = await watch
-                during = [ms for sent, ms in latencies if sent >= t0 - 0.01]
+                t1 = time.monotonic()  # the room's work after the first client (a base, a check) included
+                during = [ms for received, ms in latencies if t0 - 0.01 <= received <= t1]
                 stalls = [
-                    (float(m.group(2)), float(m.group(3)))
-                    for m in re.finditer(r"STALL (\S+) (\S+) (\S+)", log.read_text())
+                    (float(m.group(2)), float(m.group(3)), float(m.group(5)))
+                    for m in re.finditer(r"STALL (\S+) (\S+) (\S+) (\S+) (\S+)", log.read_text())
+                    if t0 - 0.01 <= float(m.group(4)) <= t1
+                ]
+                collections = [
+                    float(m.group(2)) for m in re.finditer(r"GC2 (\S+) (\S+) (\S+) (\S+)", log.read_text()) if t0 - 0.01 <= float(m.group(4)) <= t1
                 ]
             worst = sorted(during)[-5:]
             print(
                 f"rep {rep}, {size / MB:.0f} MiB from {how}: synced in {timing['synced_ms']:,.0f} ms; other room during it: "
                 f"{len(during)} probes, max {max(during, default=0):.1f} ms, worst {[round(w, 1) for w in worst]}; "
-                f"loop stalls > {args.stall_ms:g} ms (wall, loop CPU): {[(round(w), round(c)) for w, c in sorted(stalls)[-8:]]}"
+                f"loop stalls > {args.stall_ms:g} ms (wall, loop CPU, waiting for a CPU; the rest: for the GIL): "
+                f"{[(round(w), round(c), round(q)) for w, c, q in sorted(stalls)[-8:]]}; "
+                f"full garbage collections meanwhile (ms): {[round(ms) for ms in collections]}"
             )
             log.write_text("")  # the next run's stalls only
     print(f"load average {os.getloadavg()}")
@@ -296,6 +304,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200, help="block: the other room's writes per second")
     parser.add_argument("--stall-ms", type=float, default=5, help="block: loop stalls logged above this")
     parser.add_argument("--lines-per-cell", type=int, default=100_000)
+    parser.add_argument("--no-pin", action="store_true", help="block: the daemon may use every CPU (else CPU 0, clients CPU 1)")
     args = parser.parse_args()
     if args.mb is None:
         args.mb = {"block": 50, "save": 30}.get(args.what, 5)

@@ -37,6 +37,7 @@ from starlette.routing import BaseRoute
 
 from . import ipynb
 from .auth import Action
+from .background import in_background
 from .extensions import (
     ChangesDurable,
     DaemonStarted,
@@ -147,7 +148,7 @@ class FileSync:
             sync._base_unstored = True
         elif sha.decode() != stamp.sha256:
             logger.info("%s changed on disk while closed: merging", room.name)
-            nb, stamp = await asyncio.to_thread(files.read, room.name)
+            nb, stamp = await in_background(files.read, room.name)
             await sync._merge(nb, stamp)
         sync._first_check = asyncio.create_task(sync._check_unsaved(), name=f"filesync-check:{room.name}")
         sync._note_saved(stamp.mtime_ns / 1e9)
@@ -161,8 +162,8 @@ class FileSync:
             async with self._lock:
                 if self._base_unstored:  # a save or merge since has stored a newer one
                     await self._remember_base()
-            nb, _ = await asyncio.to_thread(self.files.read, self.room.name)
-            if not await asyncio.to_thread(_same_notebook, self.room.index.export(), nb):
+            nb, _ = await in_background(self.files.read, self.room.name)
+            if not await in_background(_same_notebook, self.room.index.export(), nb):
                 self._own_state = None  # not only our own note of the last save
                 self.changed()
         except asyncio.CancelledError:
@@ -289,7 +290,7 @@ class FileSync:
                     return None
                 nb, base = await self._snapshot()
                 try:
-                    stamp = await asyncio.to_thread(self.files.write, self.room.name, nb, self.stamp)
+                    stamp = await in_background(self.files.write, self.room.name, nb, self.stamp)
                 except FileChanged:
                     continue  # written outside while we wrote: merge that and write again
                 except (InvalidNotebook, PathError, OSError) as exc:
@@ -327,7 +328,7 @@ class FileSync:
         if self.stamp.same_stat(st):
             return
         try:
-            nb, stamp = await asyncio.to_thread(self.files.read, self.room.name)
+            nb, stamp = await in_background(self.files.read, self.room.name)
         except NotebookNotFound:
             return
         except InvalidNotebook as exc:
@@ -361,7 +362,7 @@ class FileSync:
         self.stamp = stamp
         await self._remember_base()
         await self.room.flushed()
-        if not was_dirty and await asyncio.to_thread(_same_notebook, self.room.index.export(), nb):
+        if not was_dirty and await in_background(_same_notebook, self.room.index.export(), nb):
             # The room now equals the file: nothing to write back.
             self._dirty_since = None
         self.room.hooks.notify("on_file_merged", FileMerged(self.room, self.room.name))
@@ -458,7 +459,7 @@ async def _encode_base(room: Room) -> list[bytes]:
     nobody else can touch the document (the room is being opened), else on the loop."""
     if room.peers:
         return diff_in_pieces(room.doc)
-    return await asyncio.to_thread(diff_in_pieces, room.doc)
+    return await in_background(diff_in_pieces, room.doc)
 
 
 def _same_notebook(exported: dict[str, Any], nb: dict[str, Any]) -> bool:
@@ -494,7 +495,7 @@ class FileSyncExtension(Extension):
         self._store = event.daemon.store
         self._poller = asyncio.create_task(self._poll(), name="filesync-poller")
         # nbformat's schema compiled at start, not while the first notebook opens.
-        self._preparing = asyncio.create_task(asyncio.to_thread(ipynb.prepare), name="filesync-schema")
+        self._preparing = asyncio.create_task(in_background(ipynb.prepare), name="filesync-schema")
 
     async def on_daemon_stopping(self, event: DaemonStopping) -> None:
         if self._poller is not None:
@@ -520,14 +521,14 @@ class FileSyncExtension(Extension):
         it (raises). The file this room last read or wrote (its hash is in the store) was
         valid then: its bytes are only hashed, not parsed again."""
         assert self._files is not None and self._store is not None, "the daemon has not started"
-        data, stamp = await asyncio.to_thread(self._files.read_bytes, event.name)
+        data, stamp = await in_background(self._files.read_bytes, event.name)
         if event.from_store:
             known = await self._store.get_meta(event.name, SHA_KEY)
             if known is None or known.decode() != stamp.sha256:
-                await asyncio.to_thread(self._files.parse, event.name, data)
+                await in_background(self._files.parse, event.name, data)
         else:
-            nb = await asyncio.to_thread(self._files.parse, event.name, data)
-            await asyncio.to_thread(_load_in_pieces, event.doc, nb)
+            nb = await in_background(self._files.parse, event.name, data)
+            await in_background(_load_in_pieces, event.doc, nb)
         self._loaded[event.name] = stamp
 
     async def on_room_owned(self, event: RoomOwned) -> None:
@@ -540,7 +541,7 @@ class FileSyncExtension(Extension):
         if loaded is not None and loaded.same_stat(await asyncio.to_thread(os.stat, self._files.locate(room.name))):
             stamp = loaded
         else:
-            _, stamp = await asyncio.to_thread(self._files.read_bytes, room.name)
+            _, stamp = await in_background(self._files.read_bytes, room.name)
         sync = await FileSync.open(room, self._files, self._store, stamp, self.settings)
         sync.start()
         self.syncs[room.name] = sync

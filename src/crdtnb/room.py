@@ -176,6 +176,7 @@ class Room:
         await self.flushed()
         for piece in pieces[:-1]:
             peer.send(encode_update(piece))
+            await asyncio.sleep(0)  # each piece is a megabyte to copy: other rooms go between
         peer.send(encode_sync_step2(pieces[-1]))
         self.served.set()
 

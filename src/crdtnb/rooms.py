@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pycrdt import Doc
 
 from .awareness import PresenceLimits
+from .background import in_background
 from .extensions import Hooks, RoomDisowned, RoomLoaded, RoomLoading, RoomOwned, RoomUnloaded, RoomUnloading
 from .fanout import Fanout, LocalFanout
 from .files import NotebookFiles
@@ -161,7 +162,7 @@ class RoomManager:
     async def _load(self, name: str) -> Room:
         while True:
             updates = await self.store.load(name)
-            doc, index = await asyncio.to_thread(_build_document, updates)
+            doc, index = await in_background(_build_document, updates)
             # Extensions fill an empty document (the .ipynb) or refuse the room by raising.
             # What they write is seeded as they wrote it: a big notebook is written in
             # pieces, and one update of it all would take one long pycrdt call to encode.
@@ -187,7 +188,7 @@ class RoomManager:
         room.on_broken = self._room_broke
         # Cell exports are computed once, off the loop; the outputs the room holds now are
         # legitimate (a peer may move their cells around); the schema is checked whole.
-        await asyncio.to_thread(room.guard.check_document)
+        await in_background(room.guard.check_document)
         room.start()
         await self.hooks.run("on_room_loaded", RoomLoaded(room))
         logger.info("opened room %s (%s)", name, f"{len(updates)} stored updates" if updates else "new")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..background import yield_the_cpu
 from ..pieces import unpack
 from .base import CompactionError, Store, StoreClosedError, StoreError
 from .merge import merge_pieces
@@ -128,6 +129,7 @@ class _Checkpointer:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        yield_the_cpu()  # copying the WAL back must not keep the event loop from a CPU
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         try:
             while not self._stop.wait(self.interval):
@@ -426,7 +428,8 @@ class _Readers:
 
     def __init__(self, path: Path, threads: int = READ_THREADS) -> None:
         self._path = path
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="crdtnb-store-read")
+        # Reading a big room is work for a CPU too: it yields to the event loop's.
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="crdtnb-store-read", initializer=yield_the_cpu)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
