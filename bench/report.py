@@ -1,4 +1,4 @@
-"""report.md and fanout.png from results.json (python bench/report.py OUT/results.json re-renders)."""
+"""report.md, fanout.png and fanout_cpu.png from results.json (python bench/report.py OUT/results.json re-renders)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,17 @@ import shutil
 import sys
 from pathlib import Path
 
-PEERS = ("pycrdt-websocket", "y-websocket")
-COLORS = {"crdtnb": "#d62728", "crdtnb-mem": "#ff9896", "pycrdt-websocket": "#1f77b4", "y-websocket": "#2ca02c", "uvicorn-floor": "#7f7f7f"}
+PEERS = ("pycrdt-websocket", "y-websocket", "hocuspocus")
+COLORS = {
+    "crdtnb": "#d62728",
+    "crdtnb-mem": "#ff9896",
+    "pycrdt-websocket": "#1f77b4",
+    "y-websocket": "#2ca02c",
+    "hocuspocus": "#9467bd",
+    "uvicorn-floor": "#7f7f7f",
+}
+# results.json section of each fan-out client kind
+CLIENT_SECTIONS = {"python": "fanout", "node": "fanout_node"}
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
 
 
@@ -50,10 +59,10 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + [""]
 
 
-def fanout_rows(results: dict) -> list[tuple[int, int, str, dict, dict]]:
-    """(clients, rate, kind, per-rate dict, point dict), sorted."""
+def fanout_rows(results: dict, section: str = "fanout") -> list[tuple[int, int, str, dict, dict]]:
+    """(clients, rate, kind, per-rate dict, point dict) of one client kind's section, sorted."""
     rows = []
-    for key, point in results.get("fanout", {}).items():
+    for key, point in results.get(section, {}).items():
         kind, clients = key.rsplit("/", 1)
         if "error" in point:
             rows.append((int(clients), 0, kind, {"error": point["error"]}, point))
@@ -64,36 +73,63 @@ def fanout_rows(results: dict) -> list[tuple[int, int, str, dict, dict]]:
     return sorted(rows, key=lambda r: (r[0], r[1], order.get(r[2], 9)))
 
 
-def targets(results: dict) -> list[dict]:
-    """Issue 6's targets as ratios in the same run."""
-    out = []
+def points(results: dict, section: str) -> dict[tuple[int, int], dict[str, dict]]:
+    """{(clients, rate): {server: per-rate dict}} of one client kind, errors left out."""
     by_point: dict[tuple[int, int], dict[str, dict]] = {}
-    for clients, rate, kind, data, _ in fanout_rows(results):
+    for clients, rate, kind, data, _ in fanout_rows(results, section):
         if "error" not in data:
             by_point.setdefault((clients, rate), {})[kind] = data
-    for (clients, rate), kinds in sorted(by_point.items()):
+    return by_point
+
+
+def best_peer(kinds: dict[str, dict], metric: str) -> tuple[str, float] | None:
+    """The peer with the lowest median of ``metric`` at one point. One that lost deliveries
+    counts only when every peer did (a server that drops work is not the bar)."""
+    peers = {k: v for k, v in kinds.items() if k in PEERS and med(v[metric]) is not None}
+    candidates = {k: med(v[metric]) for k, v in peers.items() if not v.get("lost")} or {k: med(v[metric]) for k, v in peers.items()}
+    if not candidates:
+        return None
+    kind = min(candidates, key=candidates.get)
+    return kind, candidates[kind]
+
+
+def targets(results: dict) -> list[dict]:
+    """Issues 6 and 14's targets as ratios in the same run, for each client kind."""
+    out = []
+    for client, section in CLIENT_SECTIONS.items():
+        out += _fanout_targets(results, section, "" if client == "python" else ", Node clients")
+    return out + _flood_targets(results)
+
+
+def _fanout_targets(results: dict, section: str, suffix: str) -> list[dict]:
+    out = []
+    for (clients, rate), kinds in sorted(points(results, section).items()):
         ours = kinds.get("crdtnb")
-        peers = {k: v for k, v in kinds.items() if k in PEERS}
-        if ours is None or not peers:
+        if ours is None:
             continue
         for metric, label in (("p99_ms", "fan-out p99"), ("cpu_ms_per_1000", "CPU per delivery")):
-            candidates = {k: med(v[metric]) for k, v in peers.items() if med(v[metric]) is not None}
+            best = best_peer(kinds, metric)
             mine = med(ours[metric])
-            if not candidates or mine is None:
+            if best is None or mine is None:
                 continue
-            best_kind = min(candidates, key=candidates.get)
-            best = candidates[best_kind]
+            best_kind, best = best
             out.append(
                 {
-                    "target": f"{label}, {clients} clients × {rate}/s",
+                    "target": f"{label}, {clients} clients × {rate}/s{suffix}",
                     "crdtnb": mine,
                     "reference": best,
                     "reference_name": best_kind,
                     "ratio": mine / best if best else None,
-                    "met": mine <= best,
+                    # losing deliveries where the reference did not is a miss whatever the figures
+                    "met": mine <= best and (not ours.get("lost") or bool(kinds[best_kind].get("lost"))),
                     "unit": "ms" if metric == "p99_ms" else "CPU ms/1000",
                 }
             )
+    return out
+
+
+def _flood_targets(results: dict) -> list[dict]:
+    out: list[dict] = []
     flood = results.get("flood", {}).get("crdtnb", {})
     if flood and "error" not in flood:
         ours = med(flood["crdtnb"].get("lines", {}).get("wall_s"))
@@ -113,7 +149,44 @@ def targets(results: dict) -> list[dict]:
     return out
 
 
-def render(results: dict, plot_name: str = "fanout.png") -> str:
+def side_by_side(results: dict) -> list[str]:
+    """Every server at every point with both client kinds: p99 and CPU per delivery, each as a
+    ratio against the best peer of that point and client kind."""
+    by_kind = {client: points(results, section) for client, section in CLIENT_SECTIONS.items()}
+    keys = sorted(set().union(*(set(p) for p in by_kind.values())))
+    order = list(COLORS)
+    rows = []
+    for point in keys:
+        servers = sorted(set().union(*(set(by_kind[c].get(point, {})) for c in CLIENT_SECTIONS)), key=lambda k: order.index(k) if k in order else 9)
+        for kind in servers:
+            row = [str(point[0]), f"{point[1]}/s", kind]
+            for client in CLIENT_SECTIONS:
+                kinds = by_kind[client].get(point, {})
+                data = kinds.get(kind)
+                for metric, digits in (("p99_ms", 2), ("cpu_ms_per_1000", 0)):
+                    if data is None:
+                        row += ["", ""]
+                        continue
+                    value = med(data[metric])
+                    best = best_peer(kinds, metric)
+                    mark = " †" if data.get("lost") else ""
+                    row += [f(value, digits) + mark, f(value / best[1]) if best and value is not None and best[1] else "–"]
+            rows.append(row)
+    if not rows:
+        return []
+    return [
+        "### Fan-out side by side: both client kinds, ratios against the best peer",
+        "",
+        "Medians; *×best*: the figure over the best peer's at that point with the same clients (pycrdt-websocket, y-websocket, "
+        "Hocuspocus; one that lost deliveries counts only when all did). † lost deliveries (saturated: what arrived within the drain "
+        "is measured). CPU: ms per 1000 deliveries; Python clients: while writing; Node clients: the whole run, connects included.",
+        "",
+    ] + table(
+        ["clients", "rate", "server", "p99 ms (Python)", "×best", "CPU (Python)", "×best", "p99 ms (Node)", "×best", "CPU (Node)", "×best"], rows
+    )
+
+
+def render(results: dict, plot_name: str = "fanout.png", cpu_plot_name: str = "fanout_cpu.png") -> str:
     m = results.get("machine", {})
     v = m.get("versions", {})
     L: list[str] = []
@@ -147,7 +220,10 @@ def render(results: dict, plot_name: str = "fanout.png") -> str:
 
     tg = targets(results)
     if tg:
-        L.append("### Targets (issue 6), as ratios in this run")
+        L.append("### Targets (issues 6 and 14), as ratios in this run")
+        L.append("")
+        L.append("Reference: the best peer at that point (pycrdt-websocket, y-websocket or Hocuspocus; one that lost deliveries does not count). "
+                 "Node clients' CPU per delivery covers the whole run, connects included.")
         L.append("")
         L += table(
             ["target", "crdtnb", "reference", "ratio", "met"],
@@ -156,11 +232,11 @@ def render(results: dict, plot_name: str = "fanout.png") -> str:
 
     rows = fanout_rows(results)
     if rows:
-        L.append("### Fan-out: one room, one writer at a fixed rate, latency to every other client")
+        L.append("### Fan-out, Python clients: one room, one writer at a fixed rate, latency to every other client")
         L.append("")
         L.append(
             "Median of repetitions (min–max). Latency: writer's send to each other client's socket read. "
-            "CPU: server process CPU ms (all threads) per 1000 deliveries. RSS: server's peak resident set (VmHWM) "
+            "CPU: server process CPU ms (all threads) per 1000 deliveries while the writer writes. RSS: server's peak resident set (VmHWM) "
             "over the whole point, and its resident set at the end (crdtnb's peak includes one argon2 hash at start-up, "
             "64 MiB, freed at once). *client CPU*: share of the client core in use (near 1.0 the clients, not the server, limit)."
         )
@@ -179,21 +255,53 @@ def render(results: dict, plot_name: str = "fanout.png") -> str:
         L.append(f"![fan-out]({plot_name})")
         L.append("")
 
-        L.append("### The durable log's cost: crdtnb (SQLite log) against crdtnb with an in-memory store")
+    node_rows = fanout_rows(results, "fanout_node")
+    if node_rows:
+        L.append("### Fan-out, Node clients: real Yjs providers")
         L.append("")
+        L.append(
+            "N providers (yjs 13) in one Node process on the clients' CPU: y-websocket's `WebsocketProvider` (`disableBc: true`), "
+            "Hocuspocus's own `HocuspocusProvider` for Hocuspocus; the `ws` package offers permessage-deflate as browsers do. "
+            "One fresh process per repetition: the N providers connect and sync, then one writes Y.Map entries at the rate. "
+            "Latency: the writer's `map.set` to each other provider's map observer (the update decoded and applied). "
+            "*CPU run*: server CPU ms per 1000 deliveries over the whole run, connects included; *CPU window*: while writing only. "
+            "*connect s*: until every provider is synced; *leave s*: after the providers closed, until the server is idle again "
+            "(each departure's presence removal is relayed to those still there; the next run waits for it). "
+            "*deflate*: the extension the server accepted."
+        )
+        L.append("")
+        nrs = []
+        for clients, rate, kind, data, point in node_rows:
+            if "error" in data:
+                nrs.append([str(clients), "–", kind, f"error: {data['error'][:80]}"] + [""] * 9)
+                continue
+            nrs.append(
+                [str(clients), f"{rate}/s", kind, s(data["p50_ms"]), s(data["p99_ms"]), s(data["deliveries_per_s"], 0),
+                 s(data["cpu_ms_per_1000"], 0), s(data.get("window_cpu_ms_per_1000"), 0), s(data.get("connect_s")), s(data.get("leave_s"), 1),
+                 f"{data['lost']}/{data['disconnected']}", f(med(data["client_cpu_util"])),
+                 "yes" if "permessage-deflate" in (point.get("extensions") or "") else "no"]
+            )
+        L += table(["clients", "rate", "server", "p50 ms", "p99 ms", "deliveries/s", "CPU run ms/1000", "CPU window ms/1000", "connect s",
+                    "leave s", "lost/closed", "client CPU", "deflate"], nrs)
+
+    if rows or node_rows:
+        L += side_by_side(results)
+        L.append(f"![CPU per delivery against load]({cpu_plot_name})")
+        L.append("")
+
         lrs = []
-        pts: dict[tuple[int, int], dict] = {}
-        for clients, rate, kind, data, _ in rows:
-            if "error" not in data:
-                pts.setdefault((clients, rate), {})[kind] = data
-        for (clients, rate), kinds in sorted(pts.items()):
-            a, b = kinds.get("crdtnb"), kinds.get("crdtnb-mem")
-            if a and b:
-                ra = (med(a["p99_ms"]) or 0) / (med(b["p99_ms"]) or 1)
-                rc = (med(a["cpu_ms_per_1000"]) or 0) / (med(b["cpu_ms_per_1000"]) or 1)
-                lrs.append([str(clients), f"{rate}/s", s(a["p50_ms"]), s(b["p50_ms"]), s(a["p99_ms"]), s(b["p99_ms"]), f(ra), s(a["cpu_ms_per_1000"], 0), s(b["cpu_ms_per_1000"], 0), f(rc)])
+        for client, section in CLIENT_SECTIONS.items():
+            for (clients, rate), kinds in sorted(points(results, section).items()):
+                a, b = kinds.get("crdtnb"), kinds.get("crdtnb-mem")
+                if a and b:
+                    ra = (med(a["p99_ms"]) or 0) / (med(b["p99_ms"]) or 1)
+                    rc = (med(a["cpu_ms_per_1000"]) or 0) / (med(b["cpu_ms_per_1000"]) or 1)
+                    lrs.append([client, str(clients), f"{rate}/s", s(a["p50_ms"]), s(b["p50_ms"]), s(a["p99_ms"]), s(b["p99_ms"]), f(ra),
+                                s(a["cpu_ms_per_1000"], 0), s(b["cpu_ms_per_1000"], 0), f(rc)])
         if lrs:
-            L += table(["clients", "rate", "p50 log", "p50 memory", "p99 log", "p99 memory", "p99 ratio", "CPU log", "CPU memory", "CPU ratio"], lrs)
+            L.append("### The durable log's cost: crdtnb (SQLite log) against crdtnb with an in-memory store")
+            L.append("")
+            L += table(["client", "clients", "rate", "p50 log", "p50 memory", "p99 log", "p99 memory", "p99 ratio", "CPU log", "CPU memory", "CPU ratio"], lrs)
 
     rooms = results.get("rooms", {})
     if rooms:
@@ -323,8 +431,62 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_cpu(results: dict, path: Path) -> None:
+    """CPU per delivery against load: one panel per client count, the writer's rate across,
+    every server in its colour, Python clients solid, Node clients dashed; a hollow marker is
+    a point that lost deliveries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[tuple[str, str], list[tuple[int, int, dict]]] = {}
+    for client, section in CLIENT_SECTIONS.items():
+        for clients, rate, kind, data, _ in fanout_rows(results, section):
+            if "error" not in data and med(data["cpu_ms_per_1000"]) is not None:
+                series.setdefault((kind, client), []).append((clients, rate, data))
+    if not series:
+        return
+    counts = sorted({c for pts in series.values() for c, _, _ in pts})
+    fig, axes = plt.subplots(1, len(counts), figsize=(max(9.0, 5.5 * len(counts)), 5.2), squeeze=False)
+    order = list(COLORS)
+    for ax, count in zip(axes[0], counts):
+        for (kind, client), pts in sorted(series.items(), key=lambda item: (order.index(item[0][0]) if item[0][0] in order else 9, item[0][1])):
+            pts = sorted((r, d) for c, r, d in pts if c == count)
+            if not pts:
+                continue
+            xs = [r for r, _ in pts]
+            ys = [med(d["cpu_ms_per_1000"]) for _, d in pts]
+            color = COLORS.get(kind)
+            style = "-" if client == "python" else "--"
+            marker = "o" if client == "python" else "s"
+            ax.plot(xs, ys, style, marker=marker, color=color, label=f"{kind} ({client})", alpha=0.9)
+            for (x, d), y in zip(pts, ys):
+                if d.get("lost"):
+                    ax.plot([x], [y], marker, color=color, markerfacecolor="white")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        rates = sorted({r for pts in series.values() for c, r, _ in pts if c == count})
+        ax.set_xticks(rates)
+        ax.set_xticklabels([str(r) for r in rates])
+        ax.set_xlabel(f"writer's updates/s ({count} clients: × {count - 1} deliveries)")
+        ax.set_ylabel("server CPU µs per delivery")
+        ax.set_title(f"{count} clients in the room")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    m = results.get("machine", {})
+    fig.suptitle(
+        f"Fan-out CPU per delivery ({m.get('date')})\nPython clients solid (writing window), Node clients dashed (whole run); hollow: lost deliveries",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write(results: dict, out: Path) -> None:
     plot(results, out / "fanout.png")
+    plot_cpu(results, out / "fanout_cpu.png")
     body = render(results, "fanout.png")
     (out / "report.md").write_text("# crdtnb benchmarks against its peers\n\n" + body + "\n")
 
@@ -332,7 +494,10 @@ def write(results: dict, out: Path) -> None:
 def update_readme(results: dict, out: Path, readme: Path, png: Path) -> None:
     if (out / "fanout.png").exists():
         shutil.copyfile(out / "fanout.png", png)
-    body = render(results, png.name)
+    cpu_png = png.with_name("fanout_cpu.png")
+    if (out / "fanout_cpu.png").exists():
+        shutil.copyfile(out / "fanout_cpu.png", cpu_png)
+    body = render(results, png.name, cpu_png.name)
     text = readme.read_text() if readme.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
     if START not in text or END not in text:
         text += f"\n{START}\n{END}\n"

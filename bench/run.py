@@ -1,11 +1,13 @@
 """crdtnb against its peers, one command: python bench/run.py [--quick] [--out bench/results]
 
 Starts each server fresh (crdtnb, crdtnb with an in-memory store, pycrdt-websocket under
-uvicorn, the y-websocket@1.5.4 node server), drives all of them with the same lean pycrdt-based
-clients (bench/wsclient.py), and writes OUT/results.json, OUT/report.md and OUT/fanout.png.
-On a machine with 2+ cores the servers are pinned to CPU 0 and this process (all clients) to
-CPU 1, except for the output flood (see bench/README.md). ``--quick`` is a smoke run for CI:
-tiny sizes, about a minute, no timing asserts.
+uvicorn, the y-websocket@1.5.4 and Hocuspocus 4 node servers, a bare uvicorn relay), drives all
+of them with the same clients, and writes OUT/results.json, OUT/report.md, OUT/fanout.png and
+OUT/fanout_cpu.png. Two kinds of clients run the fan-out matrix (``--clients``): the lean
+pycrdt-based clients of bench/wsclient.py, and real Yjs providers in one Node process
+(bench/node/fanout_client.mjs). On a machine with 2+ cores the servers are pinned to CPU 0 and
+this process and the Node clients to CPU 1, except for the output flood (see bench/README.md).
+``--quick`` is a smoke run for CI: tiny sizes, a minute or two, no timing asserts.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ sys.path.insert(0, str(BENCH))
 
 import report  # noqa: E402
 import scenarios  # noqa: E402
-from servers import ALL_KINDS, EXTRA_KINDS, NODE_DIR, ensure_node  # noqa: E402
+from servers import ALL_KINDS, EXTRA_KINDS, NODE_DIR, NODE_KINDS, ensure_node  # noqa: E402
 
 SCENARIOS = ("fanout", "rooms", "large", "flood", "catchup", "cluster")
 DEFAULT_SCENARIOS = ("fanout", "rooms", "large", "flood", "catchup")  # cluster: asked for with --only
+CLIENT_KINDS = ("python", "node")
+FANOUT_RATES = (10, 100, 200, 1000)
 
 
 def build_config(args: argparse.Namespace, workdir: Path, out: Path) -> scenarios.Config:
@@ -44,6 +48,7 @@ def build_config(args: argparse.Namespace, workdir: Path, out: Path) -> scenario
         cfg.window = 1.0
         cfg.drain = 2.0
         cfg.fanout_points = ((3, (20,)), (10, (50,)))
+        cfg.node_settle = 0.3
         cfg.rooms = 20
         cfg.large_cells = 50
         cfg.flood_lines = 10**4
@@ -54,7 +59,9 @@ def build_config(args: argparse.Namespace, workdir: Path, out: Path) -> scenario
     else:
         cfg.reps = args.reps
         cfg.flood_reps = max(args.reps, 5)
-        cfg.fanout_points = ((10, (10, 100, 1000)), (100, (10, 100)), (500, (10, 100)))
+        cfg.fanout_points = tuple((clients, FANOUT_RATES) for clients in (10, 100, 500))
+    if args.points:
+        cfg.fanout_points = parse_points(args.points)
     if args.rooms:
         cfg.rooms = args.rooms
     cpus = os.sched_getaffinity(0)
@@ -63,6 +70,15 @@ def build_config(args: argparse.Namespace, workdir: Path, out: Path) -> scenario
         cfg.server_cpus = {ordered[0]}
         os.sched_setaffinity(0, {ordered[1]})
     return cfg
+
+
+def parse_points(text: str) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """"10:10,1000;500:200" -> ((10, (10, 1000)), (500, (200,)))"""
+    points = []
+    for part in text.split(";"):
+        clients, _, rates = part.partition(":")
+        points.append((int(clients), tuple(int(r) for r in rates.split(","))))
+    return tuple(points)
 
 
 def machine_info(kinds: list[str], cfg: scenarios.Config) -> dict:
@@ -120,6 +136,9 @@ def machine_info(kinds: list[str], cfg: scenarios.Config) -> dict:
             "ipykernel": version("ipykernel"),
             "y-websocket": node_version("y-websocket"),
             "yjs": node_version("yjs"),
+            "hocuspocus": node_version("@hocuspocus/server"),
+            "hocuspocus-provider": node_version("@hocuspocus/provider"),
+            "ws": node_version("ws"),
         },
         "kinds": kinds,
         "server_cpus": sorted(cfg.server_cpus) if cfg.server_cpus else None,
@@ -127,7 +146,7 @@ def machine_info(kinds: list[str], cfg: scenarios.Config) -> dict:
     }
 
 
-async def run_all(cfg: scenarios.Config, kinds: list[str], only: list[str], results: dict, save) -> None:
+async def run_all(cfg: scenarios.Config, kinds: list[str], clients: list[str], only: list[str], results: dict, save) -> None:
     def step(name: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
 
@@ -150,9 +169,12 @@ async def run_all(cfg: scenarios.Config, kinds: list[str], only: list[str], resu
         save()
 
     if "fanout" in only:
-        for clients, rates in cfg.fanout_points:
-            for kind in kinds:
-                await guarded("fanout", f"{kind}/{clients}", lambda k=kind, c=clients, r=rates: scenarios.fanout(cfg, k, c, r))
+        # Python clients in "fanout", Node clients in "fanout_node"; same keys: server/clients
+        for count, rates in cfg.fanout_points:
+            for client in clients:
+                section, run = ("fanout", scenarios.fanout) if client == "python" else ("fanout_node", scenarios.fanout_node)
+                for kind in kinds:
+                    await guarded(section, f"{kind}/{count}", lambda k=kind, c=count, r=rates, run=run: run(cfg, k, c, r))
     if "rooms" in only:
         for kind in [k for k in kinds if k not in ("crdtnb-mem", "uvicorn-floor")]:
             await guarded("rooms", kind, lambda k=kind: scenarios.many_rooms(cfg, k, cfg.rooms))
@@ -189,9 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(BENCH / "results"), help="results folder (default: bench/results)")
     parser.add_argument("--kinds", default=",".join(ALL_KINDS), help=f"servers to run (default: {','.join(ALL_KINDS)})")
     parser.add_argument(
+        "--clients", default=",".join(CLIENT_KINDS),
+        help="fan-out clients: python (bench/wsclient.py), node (real Yjs providers, bench/node/) (default: both)",
+    )
+    parser.add_argument(
         "--only", default=",".join(DEFAULT_SCENARIOS), help=f"scenarios to run: {','.join(SCENARIOS)} (default: all but cluster)"
     )
     parser.add_argument("--reps", type=int, default=3, help="repetitions per measurement (full mode)")
+    parser.add_argument("--points", default="", help='fan-out points instead of the mode\'s, e.g. "10:10,1000;500:200" (clients:rates;...)')
     parser.add_argument("--rooms", type=int, default=0, help="rooms in the many-rooms test (default 1000, quick 20)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to separate CPUs")
     parser.add_argument("--merge", action="store_true", help="keep OUT/results.json and replace only the scenarios run now (e.g. re-run --only flood)")
@@ -202,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     only = [s.strip() for s in args.only.split(",") if s.strip()]
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    for c in clients:
+        if c not in CLIENT_KINDS:
+            parser.error(f"unknown client kind {c!r}")
     for k in kinds:
         if k not in ALL_KINDS + EXTRA_KINDS:
             parser.error(f"unknown server {k!r}")
@@ -209,12 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         if s not in SCENARIOS:
             parser.error(f"unknown scenario {s!r}")
     skipped = {}
-    if "y-websocket" in kinds:
+    if any(k in NODE_KINDS for k in kinds) or ("node" in clients and "fanout" in only):
         reason = ensure_node()
         if reason:
-            print(f"y-websocket skipped: {reason}", flush=True)
-            skipped["y-websocket"] = reason
-            kinds.remove("y-websocket")
+            for name in [k for k in kinds if k in NODE_KINDS] + (["node"] if "node" in clients else []):
+                print(f"{name} skipped: {reason}", flush=True)
+                skipped["node clients" if name == "node" else name] = reason
+            kinds = [k for k in kinds if k not in NODE_KINDS]
+            clients = [c for c in clients if c != "node"]
     # thousands of sockets on both sides
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
@@ -222,11 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="crdtnb-bench-"))
     cfg = build_config(args, workdir, out)
     results: dict = {"mode": "quick" if args.quick else "full", "machine": machine_info(kinds, cfg), "skipped": skipped}
+    results["machine"]["clients"] = clients
     results["machine"]["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
     if args.merge and (out / "results.json").exists():
         previous = json.loads((out / "results.json").read_text())
         for section in only:
             previous.pop(section, None)
+            if section == "fanout":
+                previous.pop("fanout_node", None)
         previous.setdefault("reruns", []).append({"scenarios": only, "machine": results["machine"]})
         results = previous
     t0 = time.monotonic()
@@ -241,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         runner = asyncio.run
     try:
-        runner(run_all(cfg, kinds, only, results, save))
+        runner(run_all(cfg, kinds, clients, only, results, save))
     finally:
         if "reruns" in results and args.merge:
             results["reruns"][-1]["seconds"] = round(time.monotonic() - t0, 1)

@@ -6,21 +6,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import psutil
 from pycrdt import Array, Doc, Text
-from servers import BENCH, Server, small_notebook
+from servers import BENCH, NODE_CLIENT, Server, small_notebook
 from wsclient import ProbeWriter, SyncPeer, Typist
 
 MB = 2**20
+# Figures summarised over repetitions for each fan-out point (Python clients, Node clients).
+FANOUT_FIGURES = ("p50_ms", "p99_ms", "deliveries_per_s", "cpu_ms_per_1000", "client_cpu_util", "server_cpu_util")
+NODE_FIGURES = FANOUT_FIGURES + ("window_cpu_ms_per_1000", "run_cpu_s", "connect_cpu_s", "connect_s", "leave_s", "leave_cpu_s")
 
 
 @dataclass
@@ -34,6 +39,7 @@ class Config:
     window: float = 3.0  # seconds of writing per fan-out measurement
     drain: float = 3.0  # seconds to wait for late deliveries after the last send
     fanout_points: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    node_settle: float = 1.0  # node clients: seconds from the last sync to the first write
     rooms: int = 1000
     large_cells: int = 1000
     flood_lines: int = 10**6
@@ -123,7 +129,7 @@ async def fanout(cfg: Config, kind: str, clients: int, rates: tuple[int, ...]) -
     server = cfg.server(kind, f"fanout{clients}")
     server.prepare_rooms(["fanout"])
     server.start()
-    out: dict = {"kind": kind, "clients": clients, "rates": {}}
+    out: dict = {"kind": kind, "clients": clients, "client": "python", "rates": {}}
     peers: list[SyncPeer] = []
     writer = ProbeWriter()
     try:
@@ -181,7 +187,7 @@ async def fanout(cfg: Config, kind: str, clients: int, rates: tuple[int, ...]) -
                 await asyncio.sleep(0.3)
             out["rates"][str(rate)] = {
                 "reps": reps,
-                **{key: summary([r[key] for r in reps]) for key in ("p50_ms", "p99_ms", "deliveries_per_s", "cpu_ms_per_1000", "client_cpu_util", "server_cpu_util")},
+                **{key: summary([r[key] for r in reps]) for key in FANOUT_FIGURES},
                 "lost": sum(r["lost"] for r in reps),
                 "disconnected": sum(r["disconnected"] for r in reps),
             }
@@ -191,6 +197,103 @@ async def fanout(cfg: Config, kind: str, clients: int, rates: tuple[int, ...]) -
         close_all(peers)
         writer.peer.close()
         await asyncio.sleep(0.1)
+        server.stop()
+    return out
+
+
+async def node_clients_run(cfg: Config, server: Server, clients: int, rate: int, window: float) -> dict:
+    """One run of bench/node/fanout_client.mjs: ``clients`` real Yjs providers connect, one
+    writes at ``rate`` for ``window`` seconds, the others record what reaches them. The
+    server's CPU is read when the process starts and at each phase it reports, so a run has
+    both its whole cost (connects included, as a page full of editors costs) and the writing
+    window's. The client process inherits this process's CPU pinning."""
+    connect_timeout = max(120.0, clients * 0.5)  # a loaded 2-core machine, Python servers and N² presence messages
+    args = {**server.node_target("fanout"), "clients": clients, "rate": rate, "window": window, "drain": cfg.drain,
+            "settle": cfg.node_settle, "connectTimeout": connect_timeout, "quietTimeout": 30}
+    marks: dict[str, float] = {"start": server.cpu_seconds()}
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("node") or "node", str(NODE_CLIENT), json.dumps(args),
+        cwd=str(NODE_CLIENT.parent), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    result: dict | None = None
+    error: str | None = None
+    budget = connect_timeout + 30 + cfg.node_settle + window + cfg.drain + 60
+
+    async def read() -> None:
+        nonlocal result, error
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            event = message.get("event")
+            if event in ("synced", "writing", "drained"):
+                marks[event] = server.cpu_seconds()
+            elif event == "result":
+                result = message
+            elif event == "error":
+                error = message.get("error", "?")
+
+    stderr_tail: deque[str] = deque(maxlen=20)
+
+    async def read_stderr() -> None:  # read as it comes: a full pipe would stop the clients
+        assert proc.stderr is not None
+        async for line in proc.stderr:
+            stderr_tail.append(line.decode(errors="replace").rstrip())
+
+    try:
+        await asyncio.wait_for(asyncio.gather(read(), read_stderr(), proc.wait()), budget)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"the node clients did not finish in {budget:.0f} s") from None
+    if proc.returncode != 0 or result is None or error:
+        stderr = "\n".join(stderr_tail)  # ends with e.g. "412 of 500 providers synced"
+        raise RuntimeError(f"node clients failed ({proc.returncode}): {(error or '').strip()[-400:]} {stderr[-400:]}".strip())
+    # The clients' departure (each one's presence removal relayed to those still there) is not
+    # the next run's: pycrdt-websocket takes 40-55 s of CPU after 500 providers leave.
+    cpu_left = server.cpu_seconds()
+    quiet_s = await server.wait_quiet(timeout=180)
+    leave_cpu = server.cpu_seconds() - cpu_left
+    delivered = result["delivered"]
+    run_cpu = marks["drained"] - marks["start"]
+    window_cpu = marks["drained"] - marks["writing"]
+    return {
+        **{k: result[k] for k in ("sent", "expected", "delivered", "lost", "p50_ms", "p99_ms", "max_ms", "deliveries_per_s",
+                                  "disconnected", "client_cpu_util", "connect_s", "extensions")},
+        "cpu_ms_per_1000": run_cpu / delivered * 1e6 if delivered else None,
+        "window_cpu_ms_per_1000": window_cpu / delivered * 1e6 if delivered else None,
+        "run_cpu_s": run_cpu,
+        "connect_cpu_s": marks["synced"] - marks["start"],
+        "server_cpu_util": window_cpu / result["window_s"],
+        "leave_s": quiet_s,
+        "leave_cpu_s": leave_cpu,
+    }
+
+
+async def fanout_node(cfg: Config, kind: str, clients: int, rates: tuple[int, ...]) -> dict:
+    """The fan-out matrix with real Yjs clients: one server start per client count, one fresh
+    node client process (N providers) per rate and repetition."""
+    server = cfg.server(kind, f"fanoutnode{clients}")
+    server.prepare_rooms(["fanout"])
+    server.start()
+    out: dict = {"kind": kind, "clients": clients, "client": "node", "rates": {}}
+    try:
+        # warm-up: not measured (the node servers' JIT, the Python servers' first room)
+        await node_clients_run(cfg, server, clients, rates[0], 0.5)
+        for rate in rates:
+            reps = [await node_clients_run(cfg, server, clients, rate, cfg.window) for _ in range(cfg.reps)]
+            out["rates"][str(rate)] = {
+                "reps": reps,
+                **{key: summary([r[key] for r in reps]) for key in NODE_FIGURES},
+                "lost": sum(r["lost"] for r in reps),
+                "disconnected": sum(r["disconnected"] for r in reps),
+            }
+        out["peak_rss_mb"] = server.peak_rss() / MB
+        out["rss_end_mb"] = server.rss() / MB
+        out["extensions"] = reps[-1]["extensions"]  # what the server accepted of ws's offer
+    finally:
         server.stop()
     return out
 

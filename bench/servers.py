@@ -5,11 +5,13 @@ Kinds:
   crdtnb-mem        crdtnb with an in-memory Store (bench/serve_crdtnb_memory.py): the log's cost
   pycrdt-websocket  pycrdt-websocket's ASGIServer under uvicorn (bench/serve_pycrdt_websocket.py)
   y-websocket       `node bin/server.js` of y-websocket@1.5.4, installed into bench/node/
-  uvicorn-floor     (only on request) a bare ASGI relay: the per-delivery floor of uvicorn
+  hocuspocus        @hocuspocus/server 4 (bench/node/hocuspocus_server.mjs), persistence off
+  uvicorn-floor     a bare ASGI relay (fan-out only): the per-delivery floor of uvicorn
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -23,14 +25,20 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+from wsclient import HocuspocusURL
 
 BENCH = Path(__file__).resolve().parent
 NODE_DIR = BENCH / "node"
 YWS_SERVER = NODE_DIR / "node_modules" / "y-websocket" / "bin" / "server.js"
+HOCUSPOCUS_SERVER = NODE_DIR / "hocuspocus_server.mjs"
+NODE_CLIENT = NODE_DIR / "fanout_client.mjs"
+# What `npm ci` in bench/node/ installs and the node servers and clients import.
+NODE_PACKAGES = ("y-websocket", "yjs", "ws", "@hocuspocus/server", "@hocuspocus/provider")
 
-ALL_KINDS = ("crdtnb", "crdtnb-mem", "pycrdt-websocket", "y-websocket", "uvicorn-floor")
+ALL_KINDS = ("crdtnb", "crdtnb-mem", "pycrdt-websocket", "y-websocket", "hocuspocus", "uvicorn-floor")
 EXTRA_KINDS: tuple[str, ...] = ()
 CRDTNB_KINDS = ("crdtnb", "crdtnb-mem")
+NODE_KINDS = ("y-websocket", "hocuspocus")  # servers that need node
 
 
 def small_notebook(title: str = "bench") -> dict:
@@ -67,13 +75,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def node_installed() -> bool:
+    return all((NODE_DIR / "node_modules" / pkg / "package.json").exists() for pkg in NODE_PACKAGES)
+
+
 def ensure_node() -> str | None:
-    """Install y-websocket@1.5.4 from bench/node's lockfile if needed; None when it is usable,
-    else the reason it is not."""
+    """Install bench/node's packages (the node servers, the Yjs clients) from its lockfile if
+    needed; None when they are usable, else the reason they are not."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None:
         return "node is not installed"
-    if YWS_SERVER.exists():
+    if node_installed():
         return None
     if npm is None:
         return "npm is not installed"
@@ -84,7 +96,7 @@ def ensure_node() -> str | None:
         text=True,
         timeout=300,
     )
-    if proc.returncode != 0 or not YWS_SERVER.exists():
+    if proc.returncode != 0 or not node_installed():
         return f"npm ci failed: {proc.stderr.strip()[-300:]}"
     return None
 
@@ -136,9 +148,22 @@ class Server:
                 write_notebook(self.root, name, nb)
 
     def url(self, room: str) -> str:
+        """Where the Python clients (wsclient.py) open ``room``."""
         if self.is_crdtnb:
             return f"ws://127.0.0.1:{self.port}/api/sync/{room}.ipynb?token={self.token}"
+        if self.kind == "hocuspocus":
+            return HocuspocusURL(f"ws://127.0.0.1:{self.port}/{room}", room)
         return f"ws://127.0.0.1:{self.port}/{room}"
+
+    def node_target(self, room: str) -> dict:
+        """Where the Node clients (node/fanout_client.mjs) open ``room``: y-websocket's
+        provider appends the room to ``serverUrl`` as a path segment; Hocuspocus's provider
+        names it in every message."""
+        if self.is_crdtnb:
+            return {"protocol": "y-websocket", "serverUrl": f"ws://127.0.0.1:{self.port}/api/sync", "room": f"{room}.ipynb", "params": {"token": self.token}}
+        if self.kind == "hocuspocus":
+            return {"protocol": "hocuspocus", "serverUrl": f"ws://127.0.0.1:{self.port}", "room": room}
+        return {"protocol": "y-websocket", "serverUrl": f"ws://127.0.0.1:{self.port}", "room": room}
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -153,6 +178,9 @@ class Server:
             cmd = [py, str(BENCH / "serve_pycrdt_websocket.py"), "--port", str(self.port)]
         elif self.kind == "uvicorn-floor":
             cmd = [py, str(BENCH / "serve_uvicorn_floor.py"), "--port", str(self.port)]
+        elif self.kind == "hocuspocus":
+            cmd = [shutil.which("node") or "node", str(HOCUSPOCUS_SERVER)]
+            env.update(HOST="127.0.0.1", PORT=str(self.port))
         else:
             cmd = [shutil.which("node") or "node", str(YWS_SERVER)]
             env.update(HOST="127.0.0.1", PORT=str(self.port))
@@ -221,6 +249,20 @@ class Server:
                 except psutil.Error:
                     pass
         return total
+
+    async def wait_quiet(self, share: float = 0.05, interval: float = 0.25, timeout: float = 20) -> float:
+        """Wait until the server uses less than ``share`` of a core over ``interval`` (e.g. after
+        hundreds of clients left: their awareness removals are relayed to those still there).
+        Returns the seconds waited."""
+        t0 = time.monotonic()
+        last = self.cpu_seconds()
+        while time.monotonic() - t0 < timeout:
+            await asyncio.sleep(interval)
+            now = self.cpu_seconds()
+            if now - last < share * interval:
+                break
+            last = now
+        return time.monotonic() - t0
 
     def _status(self, key: str) -> int:
         assert self.proc is not None

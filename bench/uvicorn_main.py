@@ -14,4 +14,9 @@ def serve(app: Any) -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", ws_max_size=64 * 2**20, lifespan="on")
+    # permessage-deflate off, as `crdtnb serve` has it, Jupyter's tornado server by default, and
+    # the node servers (ws's default): Yjs clients (ws, browsers) offer it, and uvicorn would
+    # otherwise compress every relayed update once per peer.
+    uvicorn.run(
+        app, host="127.0.0.1", port=args.port, log_level="warning", ws_max_size=64 * 2**20, ws_per_message_deflate=False, lifespan="on"
+    )

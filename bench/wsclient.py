@@ -10,6 +10,10 @@ ever touched in Python. Each frame is stamped with ``time.monotonic_ns()`` in
 Latency probes: the writer sets a Y.Map entry to ``SEQ<seq>T<monotonic ns>E``. Every server
 relays that string verbatim inside the Yjs update (a lib0 string), so receivers find it with a
 regex on the raw frame without decoding it as a Yjs update.
+
+Hocuspocus speaks the same sync messages with two differences: every message starts with the
+document's name (the URL's path is not read), and the first message for a document must be an
+Auth message. A ``HocuspocusURL`` tells the client to frame its messages that way.
 """
 
 from __future__ import annotations
@@ -30,10 +34,31 @@ PROBE = re.compile(rb"SEQ(\d+)T(\d+)E")
 MSG_SYNC, MSG_AWARENESS = 0, 1
 STEP1, STEP2, UPDATE = 0, 1, 2
 EMPTY_UPDATE = b"\x00\x00"  # v1: no structs, empty delete set
+# Hocuspocus's Auth message (type 2): the client's Token (0); the server's PermissionDenied (1)
+# and Authenticated (2)
+MSG_AUTH, AUTH_TOKEN, AUTH_PERMISSION_DENIED, AUTH_AUTHENTICATED = 2, 0, 1, 2
 
 
 def frame_sync(sub: int, body: bytes) -> bytes:
     return bytes((MSG_SYNC, sub)) + write_var_uint(len(body)) + body
+
+
+def var_string(text: str) -> bytes:
+    """A lib0 string: its UTF-8 length as a var uint, then the bytes."""
+    data = text.encode()
+    return write_var_uint(len(data)) + data
+
+
+class HocuspocusURL(str):
+    """The URL of a Hocuspocus server plus the document to open over it (Hocuspocus reads the
+    document's name from every message, not from the URL)."""
+
+    document: str
+
+    def __new__(cls, url: str, document: str) -> HocuspocusURL:
+        self = super().__new__(cls, url)
+        self.document = document
+        return self
 
 
 def read_var_uint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
@@ -221,30 +246,55 @@ class SyncPeer:
         self.update_bytes = 0
         self._local: list[bytes] = []
         self._sub = None
+        self._address = b""  # Hocuspocus: the document's name before every message
+        self._authenticated: asyncio.Future | None = None
 
     async def connect(self, url: str, *, sync: bool = True, seed: bytes | None = None, timeout: float = 60) -> SyncPeer:
         """Open the connection and send our step1. ``seed``: an update sent first (so that the
         step2 answer comes after the server has it)."""
-        self.synced = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.synced = loop.create_future()
+        self._authenticated = loop.create_future()
         self.ws = WSClient(self._on_message)
         await ws_connect(url, timeout=timeout, client=self.ws)
+        if isinstance(url, HocuspocusURL):
+            self._address = var_string(url.document)
+            self._send(bytes((MSG_AUTH, AUTH_TOKEN)) + var_string(""))  # no token: the bench server has no auth hook
+            if seed is not None:
+                # Hocuspocus holds at most 5 MiB of messages per connection until it has
+                # authenticated it: a large seed waits for the answer.
+                if not await asyncio.wait_for(asyncio.shield(self._authenticated), timeout):
+                    raise ConnectionError("Hocuspocus denied access to the document")
         if seed is not None:
-            self.ws.send(frame_sync(UPDATE, seed))
+            self._send(frame_sync(UPDATE, seed))
         if sync:
             state = self.doc.get_state() if self.doc is not None else b"\x00"
-            self.ws.send(frame_sync(STEP1, state))
+            self._send(frame_sync(STEP1, state))
         return self
+
+    def _send(self, message: bytes) -> None:
+        self.ws.send(self._address + message if self._address else message)  # type: ignore[union-attr]
 
     async def wait_synced(self, timeout: float = 60) -> None:
         assert self.synced is not None and self.ws is not None
         done, _ = await asyncio.wait({self.synced, self.ws.closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if self.synced in done:
+            self.synced.result()  # raises if the server refused us
             return
         if self.ws.closed in done:
             raise ConnectionError(f"closed before sync (code {self.ws.close_code})")
         raise TimeoutError(f"not synced within {timeout} s")
 
     def _on_message(self, msg: bytes, t_ns: int) -> None:
+        if self._address:  # Hocuspocus: skip the document's name
+            length, pos = read_var_uint(msg, 0)
+            msg = msg[pos + length :]
+            if len(msg) >= 2 and msg[0] == MSG_AUTH:
+                if self._authenticated is not None and not self._authenticated.done():
+                    self._authenticated.set_result(msg[1] == AUTH_AUTHENTICATED)
+                if msg[1] == AUTH_PERMISSION_DENIED and self.synced is not None and not self.synced.done():
+                    self.synced.set_exception(ConnectionError("Hocuspocus denied access to the document"))
+                return
         if len(msg) < 2 or msg[0] != MSG_SYNC:
             return
         sub = msg[1]
@@ -268,7 +318,7 @@ class SyncPeer:
                 diff = self.doc.get_update(sync_body(msg))
             else:
                 diff = EMPTY_UPDATE
-            self.ws.send(frame_sync(STEP2, diff))  # type: ignore[union-attr]
+            self._send(frame_sync(STEP2, diff))
 
     # -- writing ------------------------------------------------------------------------------
     def track_local(self) -> None:
@@ -282,7 +332,7 @@ class SyncPeer:
             batch, self._local = self._local, []
             for update in batch:
                 frame = frame_sync(UPDATE, update)
-                self.ws.send(frame)
+                self._send(frame)
                 sent += len(frame)
         return sent
 
@@ -290,7 +340,7 @@ class SyncPeer:
         """Every server here answers a step1 after the messages sent before it."""
         self.synced = asyncio.get_running_loop().create_future()
         state = self.doc.get_state() if self.doc is not None else b"\x00"
-        self.ws.send(frame_sync(STEP1, state))  # type: ignore[union-attr]
+        self._send(frame_sync(STEP1, state))
         await self.wait_synced(timeout)
 
     def close(self) -> None:

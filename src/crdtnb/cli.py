@@ -187,6 +187,8 @@ def _serve(args: argparse.Namespace) -> int:
         app,
         http=guarded_http_protocol(connection_limits),
         ws=DirectWebSocketProtocol,
+        ws_ping_interval=server_settings.ping_interval or None,
+        ws_ping_timeout=server_settings.ping_interval or None,
         host=server_settings.host,
         port=server_settings.port,
         log_level=server_settings.log_level,

@@ -69,20 +69,28 @@ class ConnectionRegistry:
     def __len__(self) -> int:
         return len(self._open)
 
-    @contextmanager
-    def track(self, scope: Scope, user: User, path: str, can_write: bool, seen: int) -> Iterator[OpenConnection]:
-        """Registers a connection for as long as the block runs. ``seen`` is the
-        ``generation`` read before the connection was authenticated."""
-        connection = OpenConnection(scope, user, path, can_write)
+    def register(self, scope: Scope, user: User, path: str, can_write: bool, seen: int) -> OpenConnection:
+        """Registers a connection until ``forget``. ``seen`` is the ``generation`` read
+        before the connection was authenticated."""
+        connection = OpenConnection(_for_recheck(scope), user, path, can_write)
         self._open.add(connection)
         if seen != self.generation:
             check = asyncio.get_running_loop().create_task(self._recheck_one(connection, {}))
             self._checks.add(check)
             check.add_done_callback(self._checks.discard)
+        return connection
+
+    def forget(self, connection: OpenConnection) -> None:
+        self._open.discard(connection)
+
+    @contextmanager
+    def track(self, scope: Scope, user: User, path: str, can_write: bool, seen: int) -> Iterator[OpenConnection]:
+        """Registers a connection for as long as the block runs."""
+        connection = self.register(scope, user, path, can_write, seen)
         try:
             yield connection
         finally:
-            self._open.discard(connection)
+            self.forget(connection)
 
     async def recheck(self) -> int:
         """Authenticate and authorize every open connection again; close those
@@ -109,9 +117,7 @@ class ConnectionRegistry:
         connection.end(*verdict)
         return True
 
-    async def _verdict(
-        self, connection: OpenConnection, allowed: dict[tuple[User, str, Action], bool]
-    ) -> tuple[int, str] | None:
+    async def _verdict(self, connection: OpenConnection, allowed: dict[tuple[User, str, Action], bool]) -> tuple[int, str] | None:
         user = await call_hook(self.authenticate, HTTPConnection(connection.scope))
         if user is None or user.name != connection.user.name:
             return UNAUTHENTICATED, "no longer authenticated: sign in again"
@@ -129,9 +135,28 @@ class ConnectionRegistry:
         return None
 
 
-async def watch_changes(
-    changed: Callable[[], bool], on_change: Callable[[], Awaitable[Any]], interval: float = 0.25
-) -> None:
+# What authenticating a connection again may look at: its request, not what the server
+# and the app hung on its scope (a connection may stay open for days).
+_REQUEST_KEYS = (
+    "type",
+    "http_version",
+    "scheme",
+    "server",
+    "client",
+    "root_path",
+    "path",
+    "raw_path",
+    "query_string",
+    "headers",
+    "path_params",
+)
+
+
+def _for_recheck(scope: Scope) -> Scope:
+    return {key: scope[key] for key in _REQUEST_KEYS if key in scope}
+
+
+async def watch_changes(changed: Callable[[], bool], on_change: Callable[[], Awaitable[Any]], interval: float = 0.25) -> None:
     """Every ``interval`` seconds, ask ``changed`` (a cheap look, e.g. SQLite's
     data_version) and run ``on_change`` when it says so. Runs until cancelled."""
     while True:

@@ -70,6 +70,19 @@ def _origin_label(origin: object) -> str:
     return "server"
 
 
+_ORIGIN_LABELS = ("peer", "remote", "server")
+
+
+class _ChangeSeries:
+    """The labelled series on_changes_durable updates, for one node name."""
+
+    def __init__(self, metrics: Metrics, node: str) -> None:
+        self.batch_size = metrics.batch_size.labels(node)
+        self.append_latency = metrics.append_latency.labels(node)
+        self.changes = {origin: metrics.changes.labels(node, origin) for origin in _ORIGIN_LABELS}
+        self.change_bytes = {origin: metrics.change_bytes.labels(node, origin) for origin in _ORIGIN_LABELS}
+
+
 class Metrics(Extension):
     def __init__(self, token: str | None = None, node: str | None = None) -> None:
         self.token = token.encode() if token else None
@@ -112,6 +125,7 @@ class Metrics(Extension):
             "crdtnb_event_loop_lag_seconds", f"How late the event loop woke from a {LAG_INTERVAL} s sleep", labels,
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+        self._children: dict[str, _ChangeSeries] = {}  # by node name
         self._roles: dict[int, str] = {}  # id(peer) -> "writer" | "reader", of open connections
         self._daemon: Daemon | None = None
         self._lag_task: asyncio.Task[None] | None = None
@@ -149,19 +163,32 @@ class Metrics(Extension):
             await asyncio.gather(self._lag_task, return_exceptions=True)
 
     def on_changes_durable(self, event: ChangesDurable) -> None:
-        node = self.node
-        self.batch_size.labels(node).observe(len(event.changes))
-        observe = self.append_latency.labels(node).observe
+        # Once per stored batch, on the relay's path: the labelled series are looked up
+        # once (prometheus_client's labels() takes a lock and builds a key each call).
+        children = self._children.get(self.node)
+        if children is None:
+            children = self._children[self.node] = _ChangeSeries(self, self.node)
+        changes = event.changes
+        children.batch_size.observe(len(changes))
+        observe = children.append_latency.observe
+        if len(changes) == 1:
+            change = changes[0]
+            if not isinstance(change.origin, RemoteOrigin):
+                observe(change.latency)
+            origin = _origin_label(change.origin)
+            children.changes[origin].inc()
+            children.change_bytes[origin].inc(change.nbytes)
+            return
         counts: dict[str, list[int]] = {}
-        for change in event.changes:
+        for change in changes:
             if not isinstance(change.origin, RemoteOrigin):
                 observe(change.latency)
             tally = counts.setdefault(_origin_label(change.origin), [0, 0])
             tally[0] += 1
             tally[1] += change.nbytes
         for origin, (number, nbytes) in counts.items():
-            self.changes.labels(node, origin).inc(number)
-            self.change_bytes.labels(node, origin).inc(nbytes)
+            children.changes[origin].inc(number)
+            children.change_bytes[origin].inc(nbytes)
 
     def on_peer_joined(self, event: PeerJoined) -> None:
         role = "writer" if event.can_write else "reader"

@@ -82,7 +82,8 @@ class Room:
         self._wake = asyncio.Event()
         self._enqueued = 0
         self._committed = 0
-        self._committed_changed = asyncio.Condition()
+        # Callers of flushed() waiting for a count of committed changes, oldest first.
+        self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._subscription: Subscription | None = doc.observe(self._capture)
         self._pipeline: asyncio.Task[None] | None = None
         # How long the pipeline retries a failing store before it gives up on the room.
@@ -262,8 +263,10 @@ class Room:
         """Return once every change captured so far is in the store (RoomBroken if it
         never will be)."""
         target = self._enqueued
-        async with self._committed_changed:
-            await self._committed_changed.wait_for(lambda: self._committed >= target or self.broken is not None)
+        if self._committed < target and self.broken is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._flush_waiters.append((target, waiter))
+            await waiter
         if self.broken is not None and self._committed < target:
             raise RoomBroken(self.broken)
 
@@ -280,9 +283,9 @@ class Room:
                 self._break(str(exc))
                 return
             durable = time.monotonic()
-            async with self._committed_changed:
-                self._committed += len(batch)
-                self._committed_changed.notify_all()
+            self._committed += len(batch)
+            if self._flush_waiters:
+                self._wake_waiters()
             for update, origin, _, to_sender in batch:
                 sender = origin.peer if isinstance(origin, PeerOrigin) and not to_sender else None
                 self.broadcast(encode_update(update), exclude=sender)
@@ -342,11 +345,15 @@ class Room:
             self.on_broken(self, reason)
 
     def _wake_waiters(self) -> None:
-        async def notify() -> None:
-            async with self._committed_changed:
-                self._committed_changed.notify_all()
-
-        self._notifier = asyncio.ensure_future(notify())
+        """Release the flushed() callers whose changes are committed (all, once broken)."""
+        waiting = []
+        for target, waiter in self._flush_waiters:
+            if self._committed >= target or self.broken is not None:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((target, waiter))
+        self._flush_waiters = waiting
 
 
 def _check_json(text: str) -> object:

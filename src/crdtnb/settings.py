@@ -63,6 +63,11 @@ class ServerSettings:
         "open connections (HTTP and websocket) before new ones get 503 (default: from the file-descriptor limit)",
         parse=int,
     )
+    ping_interval: float = option(
+        20.0,
+        "seconds of silence before a websocket client is pinged; one that does not answer as long again is dropped (0: never)",
+        parse=float,
+    )
     log_level: str = option("info", "logging level", choices=("critical", "error", "warning", "info", "debug"))
 
 

@@ -10,17 +10,18 @@ reason; the registry of open connections lets access changes close them later.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .api import Api
 from .auth import Action
-from .connections import ConnectionRegistry
+from .connections import ConnectionRegistry, OpenConnection
 from .files import InvalidNotebook, NotebookNotFound, PathError
 from .settings import TransportLimits
 from .store import StoreUnavailable
-from .transport import CloseCode, run_peer
+from .transport import CloseCode, DetachedPeer, run_peer
 
 logger = logging.getLogger("crdtnb.sync")
 
@@ -33,6 +34,10 @@ class SyncEndpoint:
         self.api = api
         self.limits = limits
         self.connections = connections
+
+    def _ended(self, peer: DetachedPeer) -> None:
+        self.connections.forget(cast(OpenConnection, peer.registration))
+        self.api.daemon.rooms.release(peer.room)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
@@ -80,6 +85,17 @@ class SyncEndpoint:
             return
         client = websocket.client
         label = f"{name} {user.name}@{client.host}:{client.port}" if client else f"{name} {user.name}"
+        direct = scope.get("extensions", {}).get("crdtnb.direct_frames")
+        if direct is not None:
+            # The server lets the connection leave ASGI: it costs no task from here on.
+            tracked = self.connections.register(scope, user, name, can_write, seen)
+            peer = DetachedPeer(
+                direct, room, user=user, can_write=can_write, limits=self.limits, label=label, stats=daemon.stats, on_end=self._ended
+            )
+            peer.registration = tracked
+            tracked.attach(peer)
+            peer.start()
+            return
         try:
             with self.connections.track(scope, user, name, can_write, seen) as tracked:
                 await run_peer(

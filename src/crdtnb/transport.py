@@ -13,7 +13,7 @@ import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from enum import IntEnum
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -22,7 +22,6 @@ from .auth import User
 from .protocol import (
     AuthMessage,
     AwarenessMessage,
-    Message,
     PolicyViolation,
     ProtocolError,
     QueryAwareness,
@@ -34,7 +33,7 @@ from .protocol import (
 )
 from .room import Room
 from .settings import TransportLimits
-from .stats import TrafficStats
+from .stats import TrafficStats, kind_index
 
 logger = logging.getLogger("crdtnb.transport")
 
@@ -70,17 +69,19 @@ def binary_frame(payload: bytes) -> bytes:
 
 
 class _FrameCache:
-    """A broadcast hands the same message object to every peer in turn: frame it once."""
+    """A broadcast hands the same message object to every peer in turn: frame it (and
+    find its kind, for the traffic counts) once."""
 
-    __slots__ = ("message", "frame")
+    __slots__ = ("message", "frame", "kind")
 
     def __init__(self) -> None:
         self.message: bytes | None = None
         self.frame = b""
+        self.kind = 0
 
     def of(self, message: bytes) -> bytes:
         if message is not self.message:
-            self.message, self.frame = message, binary_frame(message)
+            self.message, self.frame, self.kind = message, binary_frame(message), kind_index(message)
         return self.frame
 
 
@@ -104,15 +105,11 @@ class WebSocketPeer:
     own queue and is then disconnected (it resyncs when it comes back).
     """
 
-    def __init__(
-        self, websocket: WebSocket, send: Send, limits: TransportLimits, label: str, stats: TrafficStats | None = None
-    ) -> None:
+    def __init__(self, websocket: WebSocket, send: Send, limits: TransportLimits, label: str, stats: TrafficStats | None = None) -> None:
         self.websocket = websocket
         self.limits = limits
         self.label = label
         self.stats = stats or TrafficStats()
-        # Under `crdtnb serve`, frames go straight to the socket (server.DirectFrames).
-        self._direct = websocket.scope.get("extensions", {}).get("crdtnb.direct_frames")
         self._asgi_send = send
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
@@ -134,22 +131,10 @@ class WebSocketPeer:
         if self._close is not None or self._failure is not None:
             return
         self.stats.sent(message)
-        direct = self._direct
-        if direct is not None:
-            if not direct.open:
-                return
-            if direct.buffered() > self.limits.max_queue_bytes:
-                self._overflow()
-                return
-            direct.write(_frames.of(message))
-            return
         if not self._backlogged:
             self._write_now(message)
             return
-        if (
-            self._queued_bytes + len(message) > self.limits.max_queue_bytes
-            or len(self._queue) >= self.limits.max_queue_messages
-        ):
+        if self._queued_bytes + len(message) > self.limits.max_queue_bytes or len(self._queue) >= self.limits.max_queue_messages:
             self._overflow()
             return
         self._queue.append(message)
@@ -157,9 +142,8 @@ class WebSocketPeer:
         self._ready.set()
 
     def _overflow(self) -> None:
-        logger.warning("%s: send queue overflow, disconnecting", self.label)
-        self.stats.queue_overflows += 1
-        self.close(CloseCode.TRY_AGAIN_LATER, "send queue overflow: client too slow, reconnect to resync")
+        _report_overflow(self.label, self.stats)
+        self.close(CloseCode.TRY_AGAIN_LATER, OVERFLOW_REASON)
 
     def _write_now(self, message: bytes) -> None:
         try:
@@ -184,13 +168,6 @@ class WebSocketPeer:
                 self._queued_bytes = 0
                 self.overflowed.set()
             self._ready.set()
-
-    async def close_overflowed(self, timeout: float) -> None:
-        code, reason = CloseCode.TRY_AGAIN_LATER, "send queue overflow"
-        if self._direct is not None:
-            self._direct.close(code, reason)  # behind the buffered frames, at once
-        else:
-            await _close_quietly(self.websocket, code, reason, timeout)
 
     def abandon(self) -> None:
         """Stop a write still in progress when the connection is over."""
@@ -269,6 +246,153 @@ def _resume(coroutine: Coroutine[Any, Any, None], pending: Any) -> Generator[Any
                 return
 
 
+class DirectSocket(Protocol):
+    """What a server offers for a connection it lets the app take off ASGI (see
+    server.DirectFrames): frames written as they are, messages delivered by callback."""
+
+    def raw_writer(self) -> tuple[Callable[[bytes], None], Callable[[], int]]:
+        """The socket's own write and write-buffer-size (no checks: for the hot path)."""
+        ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def detach(self, handler: DetachedPeer) -> None: ...
+
+
+class DetachedPeer:
+    """A room peer with no task, queue or ASGI call of its own: the server hands it
+    each message as it is parsed (``receive``) and it writes frames straight to the
+    socket. A broadcast is framed once for all peers. The socket's write buffer is
+    the send queue, bounded like WebSocketPeer's. Used when the server supports it
+    (``crdtnb serve``); embedded in another ASGI server, WebSocketPeer does the job.
+    """
+
+    __slots__ = (
+        "socket", "room", "user", "can_write", "limits", "label", "stats", "on_end", "registration",
+        "_write", "_buffered", "_max_buffered",
+        "_closing", "_joined", "_finished", "_held", "_step", "__weakref__",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        socket: DirectSocket,
+        room: Room,
+        *,
+        user: User,
+        can_write: bool,
+        limits: TransportLimits,
+        label: str,
+        stats: TrafficStats,
+        on_end: Callable[[DetachedPeer], None],
+    ) -> None:
+        self.socket = socket
+        self.room = room
+        self.user = user
+        self.can_write = can_write
+        self.limits = limits
+        self.label = label
+        self.stats = stats
+        self.on_end = on_end
+        self.registration: object = None  # the owner's record of this connection
+        self._write, self._buffered = socket.raw_writer()
+        self._max_buffered = limits.max_queue_bytes
+        self._closing = False
+        self._joined = False
+        self._finished = False
+        # While a sync step 1 is answered, later messages wait here, in order.
+        self._held: list[bytes | None] | None = None
+        self._step: asyncio.Future[None] | None = None
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def start(self) -> None:
+        """Join the room (unless already closed) and take the connection off ASGI."""
+        if not self._closing:
+            self._joined = True
+            self.room.join(self, self.user, self.can_write)
+        self.socket.detach(self)
+
+    def send(self, message: bytes) -> None:
+        # Once per peer per relayed message: kept to a few lookups. Nothing is written
+        # after our close frame (closing) or once the socket is gone (lost sets closing).
+        if self._closing:
+            return
+        frame = _frames.of(message)
+        stats = self.stats
+        stats.messages_out[_frames.kind] += 1
+        stats.bytes_out[_frames.kind] += len(message)
+        if self._buffered() > self._max_buffered:
+            _report_overflow(self.label, stats)
+            self.close(CloseCode.TRY_AGAIN_LATER, OVERFLOW_REASON)
+            return
+        self._write(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after what is already written; nothing received from now on is applied.
+        The peer leaves its room at once: a client that stopped reading may never
+        take the close frame (the server drops it after a timeout)."""
+        if not self._closing:
+            self._closing = True
+            self.stats.closed(code)
+            self.socket.close(code, _short(reason))
+            self._finish()
+
+    def receive(self, data: bytes | None) -> None:
+        """One whole message from the client (None: a text frame)."""
+        if self._closing:
+            return
+        if self._held is not None:
+            self._held.append(data)
+            return
+        try:
+            step = handle_frame(data, self, self.room, self.user, self.can_write, self.limits)
+        except Exception as exc:
+            self.close(*close_for(exc, self.label))
+            return
+        if step is not None:
+            self._held = []
+            self.socket.pause_reading()
+            self._step = asyncio.ensure_future(step)
+            self._step.add_done_callback(self._step_done)
+
+    def _step_done(self, step: asyncio.Future[None]) -> None:
+        self._step = None
+        if step.cancelled():
+            return
+        failure = step.exception()
+        if failure is not None:
+            self._held = None
+            self.close(*close_for(cast(Exception, failure), self.label))
+            return
+        held, self._held = self._held or [], None
+        self.socket.resume_reading()
+        for i, data in enumerate(held):
+            if self._held is not None:  # another step began: the rest waits for it
+                self._held.extend(held[i:])
+                return
+            self.receive(data)
+
+    def lost(self) -> None:
+        """The connection is gone (closed by either side, or broken)."""
+        self._closing = True
+        if self._step is not None:
+            self._step.cancel()
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            if self._joined:
+                self.room.leave(self)
+            self.on_end(self)
+
+
 async def run_peer(
     websocket: WebSocket,
     send: Send,
@@ -300,7 +424,7 @@ async def run_peer(
             reader.cancel()
             writer.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
-            await peer.close_overflowed(limits.close_timeout)
+            await _close_quietly(websocket, CloseCode.TRY_AGAIN_LATER, "send queue overflow", limits.close_timeout)
         elif writer in done:
             # The socket failed while writing: stop reading.
             reader.cancel()
@@ -328,9 +452,7 @@ async def _close_quietly(websocket: WebSocket, code: int, reason: str, timeout: 
         pass  # the client is unreachable; the server drops the socket when we return
 
 
-async def _read_frames(
-    websocket: WebSocket, peer: WebSocketPeer, room: Room, user: User, can_write: bool, limits: TransportLimits
-) -> bool:
+async def _read_frames(websocket: WebSocket, peer: WebSocketPeer, room: Room, user: User, can_write: bool, limits: TransportLimits) -> bool:
     """Read until the client leaves (True) or breaks the protocol (False, close requested)."""
     while True:
         try:
@@ -341,51 +463,69 @@ async def _read_frames(
             return True
         if peer.closing:
             return False  # a close was asked for (e.g. access revoked): nothing more is applied
-        data = event.get("bytes")
         try:
-            if data is not None:
-                peer.stats.received(data)
-            if data is None:
-                raise ConnectionClosed(CloseCode.UNSUPPORTED_DATA, "text frames are not part of the y-websocket protocol")
-            if len(data) > limits.max_frame_bytes:
-                raise ConnectionClosed(CloseCode.TOO_BIG, f"frame of {len(data)} bytes exceeds the {limits.max_frame_bytes} byte limit")
-            await _dispatch(parse_message(data), peer, room, user, can_write)
-        except ConnectionClosed as exc:
-            logger.warning("%s: closing: %s", peer.label, exc.reason)
-            peer.close(exc.code, exc.reason)
-            return False
-        except PolicyViolation as exc:
-            logger.warning("%s: closing: %s", peer.label, exc)
-            peer.close(CloseCode.POLICY, str(exc))
-            return False
-        except ProtocolError as exc:
-            logger.warning("%s: closing on a malformed frame: %s", peer.label, exc)
-            peer.close(CloseCode.INVALID_PAYLOAD, f"protocol error: {exc}")
-            return False
-        except Exception:
-            # A bug of ours must cost this connection only, never the room.
-            logger.exception("%s: closing after an internal error", peer.label)
-            peer.close(CloseCode.INTERNAL_ERROR, "internal error")
+            step = handle_frame(event.get("bytes"), peer, room, user, can_write, limits)
+            if step is not None:
+                await step
+        except Exception as exc:
+            peer.close(*close_for(exc, peer.label))
             return False
         if peer.closing:
             return False
 
 
-async def _dispatch(message: Message, peer: WebSocketPeer, room: Room, user: User, can_write: bool) -> None:
+def handle_frame(
+    data: bytes | None, peer: WebSocketPeer | DetachedPeer, room: Room, user: User, can_write: bool, limits: TransportLimits
+) -> Coroutine[Any, Any, None] | None:
+    """Check and apply one client message (None: a text frame). Most kinds are done
+    when this returns; a sync step 1 returns the coroutine that answers it (the answer
+    waits until the room's changes are durable). Raises what ``close_for`` maps to a
+    close code."""
+    if data is None:
+        raise ConnectionClosed(CloseCode.UNSUPPORTED_DATA, "text frames are not part of the y-websocket protocol")
+    peer.stats.received(data)
+    if len(data) > limits.max_frame_bytes:
+        raise ConnectionClosed(CloseCode.TOO_BIG, f"frame of {len(data)} bytes exceeds the {limits.max_frame_bytes} byte limit")
+    message = parse_message(data)
     if isinstance(message, SyncStep1):
-        await room.on_sync_step1(peer, message.state_vector)
-    elif isinstance(message, (SyncStep2, SyncUpdate)):
+        return room.on_sync_step1(peer, message.state_vector)
+    if isinstance(message, (SyncStep2, SyncUpdate)):
         if not can_write:
             # y-protocols' read-only answer: the update is neither applied nor stored.
             peer.send(encode_permission_denied("read-only: this connection may not edit the notebook"))
-            return
-        room.on_update(peer, message.update)
+        else:
+            room.on_update(peer, message.update)
     elif isinstance(message, AwarenessMessage):
         room.on_awareness(peer, message.payload, user)
     elif isinstance(message, QueryAwareness):
         room.on_query_awareness(peer)
     elif isinstance(message, AuthMessage):
         raise ProtocolError("clients may not send auth messages")
+    return None
+
+
+def close_for(exc: Exception, label: str) -> tuple[int, str]:
+    """The close code and reason for what went wrong with a client's message."""
+    if isinstance(exc, ConnectionClosed):
+        logger.warning("%s: closing: %s", label, exc.reason)
+        return exc.code, exc.reason
+    if isinstance(exc, PolicyViolation):
+        logger.warning("%s: closing: %s", label, exc)
+        return CloseCode.POLICY, str(exc)
+    if isinstance(exc, ProtocolError):
+        logger.warning("%s: closing on a malformed frame: %s", label, exc)
+        return CloseCode.INVALID_PAYLOAD, f"protocol error: {exc}"
+    # A bug of ours must cost this connection only, never the room.
+    logger.error("%s: closing after an internal error", label, exc_info=exc)
+    return CloseCode.INTERNAL_ERROR, "internal error"
+
+
+OVERFLOW_REASON = "send queue overflow: client too slow, reconnect to resync"
+
+
+def _report_overflow(label: str, stats: TrafficStats) -> None:
+    logger.warning("%s: send queue overflow, disconnecting", label)
+    stats.queue_overflows += 1
 
 
 def _short(reason: str) -> str:

@@ -631,7 +631,10 @@ class SQLiteStore(Store):
 
         def write(conn: sqlite3.Connection) -> None:
             room_id = _room_id(conn, room, create=True)
-            conn.executemany("INSERT INTO updates (room_id, data) VALUES (?, ?)", [(room_id, blob) for blob in blobs])
+            if len(blobs) == 1:  # the common case, and cheaper than executemany
+                conn.execute("INSERT INTO updates (room_id, data) VALUES (?, ?)", (room_id, blobs[0]))
+            else:
+                conn.executemany("INSERT INTO updates (room_id, data) VALUES (?, ?)", [(room_id, blob) for blob in blobs])
 
         def committed(_: None) -> None:
             rows, size = self._log_sizes.get(room, (0, 0))
