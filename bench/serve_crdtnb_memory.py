@@ -34,10 +34,10 @@ class MemoryStore:
     async def append_owned(self, room: str, updates: Sequence[bytes]) -> None:
         await self.append(room, updates)
 
-    async def seed(self, room: str, update: bytes) -> bool:
+    async def seed(self, room: str, updates: Sequence[bytes]) -> bool:
         if self._logs.get(room):
             return False
-        self._logs[room] = [bytes(update)]
+        self._logs[room] = [bytes(u) for u in updates]
         return True
 
     async def load(self, room: str) -> list[bytes]:

@@ -275,7 +275,7 @@ async def test_a_lapsed_lease_cannot_write_even_before_its_holder_notices(redis_
     a_store, b_store = RedisStore(a_redis, "a", a_leases), RedisStore(b_redis, "b", b_leases)
     await a_store.start()
     await b_store.start()
-    assert await a_store.seed("r.ipynb", b"\x00\x00")
+    assert await a_store.seed("r.ipynb", [b"\x00\x00"])
     assert await a_leases.claim("r.ipynb") and not await b_leases.claim("r.ipynb")
     await a_store.append_owned("r.ipynb", [b"\x00\x00"])
     await a_redis.pexpire(RoomKeys("r.ipynb").owner, 1)  # a's lease lapses in Redis ...
@@ -287,7 +287,7 @@ async def test_a_lapsed_lease_cannot_write_even_before_its_holder_notices(redis_
     with pytest.raises(NotOwner):
         await a_store.set_meta("r.ipynb", "file_base", b"x")
     await b_store.append_owned("r.ipynb", [b"\x00\x00"])
-    assert not await b_store.seed("r.ipynb", b"\x00\x00")  # a room is seeded once
+    assert not await b_store.seed("r.ipynb", [b"\x00\x00"])  # a room is seeded once
     await a_redis.aclose()
     await b_redis.aclose()
 

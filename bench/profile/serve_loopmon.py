@@ -2,7 +2,7 @@
 
 Usage: python bench/profile/serve_loopmon.py serve ROOT --port P --token T ...  (crdtnb's CLI)
 Every loop stall above LOOPMON_MS (default 15) is written to stderr as
-``STALL <t since start s> <wall ms> <main-thread CPU ms>``: a stall whose CPU is close to its
+``STALL <t since start s> <wall ms> <main-thread CPU ms> <time.monotonic() s> <ms waiting for a CPU>``: a stall whose CPU is close to its
 wall time was the daemon's own work on the loop; one with little CPU was the process waiting
 for a core (or for the GIL held by another of its threads).
 """
@@ -56,14 +56,49 @@ if os.environ.get("LOOPMON_APPEND_MS"):  # slow store appends (commit latency se
     _timed(crdtnb.store.SQLiteStore, "append", "APPEND", float(os.environ["LOOPMON_APPEND_MS"]))
 
 
+if os.environ.get("LOOPMON_GC"):  # garbage collections of generation 2, with their length
+    import gc
+    import threading
+
+    _gc_started: dict[int, float] = {}
+
+    def _gc_timer(phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            _gc_started[threading.get_ident()] = time.monotonic()
+        else:
+            t0 = _gc_started.pop(threading.get_ident(), time.monotonic())
+            ms = (time.monotonic() - t0) * 1000
+            print(f"GC2 {t0 - T_START:.3f} {ms:.1f} {info.get('collected', 0)} {t0:.3f}", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(_gc_timer)
+
+
+def _runqueue_wait() -> float:
+    """Seconds the loop's thread has waited for a CPU (Linux schedstat), 0 elsewhere."""
+    try:
+        with open("/proc/thread-self/schedstat") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 async def _monitor() -> None:
     t_start = T_START
     while True:
-        t0, c0 = time.monotonic(), time.thread_time()
+        t0, c0, q0 = time.monotonic(), time.thread_time(), _runqueue_wait()
         await asyncio.sleep(0.002)
         wall, cpu = time.monotonic() - t0 - 0.002, time.thread_time() - c0
         if wall > THRESHOLD:
-            print(f"STALL {t0 - t_start:.3f} {wall * 1000:.1f} {cpu * 1000:.1f}", file=sys.stderr, flush=True)
+            # The rest of a stall, neither the loop's CPU nor a wait for a CPU, is the
+            # loop's thread waiting for the GIL (another thread of the daemon's has it).
+            queued = _runqueue_wait() - q0
+            print(
+                f"STALL {t0 - t_start:.3f} {wall * 1000:.1f} {cpu * 1000:.1f} {t0:.3f} {queued * 1000:.1f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 @asynccontextmanager

@@ -25,6 +25,8 @@ from typing import Any
 
 import nbformat
 
+from . import ipynb
+
 NOTEBOOK_SUFFIX = ".ipynb"
 # Directories never listed nor served: checkpoints, VCS internals, caches. Every name
 # starting with "." (our own .crdtnb state among them) is refused as well.
@@ -190,6 +192,18 @@ class NotebookFiles:
 
     def read(self, name: str) -> tuple[dict[str, Any], FileStamp]:
         """Read and validate a notebook (by its canonical name); upgrade it to nbformat 4."""
+        data, stamp = self.read_bytes(name)
+        return self.parse(name, data), stamp
+
+    def parse(self, name: str, data: bytes) -> dict[str, Any]:
+        """The notebook in the bytes of the file ``name`` (InvalidNotebook if it is not one)."""
+        try:
+            return ipynb.parse(data)
+        except Exception as exc:  # nbformat raises many kinds: JSON, validation, version
+            raise InvalidNotebook(f"{name} is not a valid notebook: {_first_line(exc)}") from exc
+
+    def read_bytes(self, name: str) -> tuple[bytes, FileStamp]:
+        """The bytes of a notebook's file, unchecked, and what identifies this version."""
         real = self.locate(name)
         try:
             with self._directory(real) as directory:
@@ -199,13 +213,7 @@ class NotebookFiles:
                     data = handle.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise NotebookNotFound(f"no notebook at {name}") from exc
-        stamp = FileStamp.of(st, sha256_bytes(data))
-        try:
-            nb = nbformat.reads(data.decode("utf-8"), as_version=4)
-            nbformat.validate(nb)
-        except Exception as exc:  # nbformat raises many kinds: JSON, validation, version
-            raise InvalidNotebook(f"{name} is not a valid notebook: {_first_line(exc)}") from exc
-        return _plain(nb), stamp
+        return data, FileStamp.of(st, sha256_bytes(data))
 
     def stat(self, name: str) -> os.stat_result | None:
         try:
@@ -220,13 +228,15 @@ class NotebookFiles:
         version: checked right before the rename, so an outside edit is never overwritten
         unseen (only a write landing in the microseconds between check and rename could)."""
         real = self.locate(name)
-        node = nbformat.from_dict(nb)
         try:
-            nbformat.validate(node)
+            # nbformat.validate, then nbformat.writes(nb) + "\n" byte for byte, in pieces.
+            chunks = ipynb.serialize(ipynb.validated(nb))
         except Exception as exc:
             raise InvalidNotebook(f"refusing to save {name}: {_first_line(exc)}") from exc
-        data = (nbformat.writes(node) + "\n").encode("utf-8")
-        sha = sha256_bytes(data)
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+        sha = digest.hexdigest()
         with self._directory(real, create=True) as directory:
             if expect is not None and expect.sha256 == sha:
                 try:
@@ -238,7 +248,7 @@ class NotebookFiles:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=directory)
             try:
                 with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
+                    handle.writelines(chunks)
                     handle.flush()
                     os.fsync(handle.fileno())
                     try:

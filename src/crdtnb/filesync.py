@@ -22,6 +22,7 @@ Two kinds of trouble, both shown to clients as ``state.file_error``:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -29,11 +30,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from pycrdt import Doc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
+from . import ipynb
 from .auth import Action
+from .background import in_background
 from .extensions import (
     ChangesDurable,
     DaemonStarted,
@@ -47,13 +51,16 @@ from .extensions import (
     RoomLoading,
     RoomOwned,
     RoomRenamed,
+    RoomUnloaded,
     RoomUnloading,
 )
 from .files import FileChanged, FileStamp, InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
-from .merge import merge_disk_changes
-from .notebook import canonical_notebook, load_notebook
+from .merge import merge_disk_changes_in_pieces
+from .notebook import canonical_notebook, notebook_pieces
 from .origins import FILE
+from .pieces import diff_in_pieces, diff_plan, unpack
 from .room import Room
+from .rooms import served
 from .schema import FILE_ERROR, SAVED_AT, kernel_busy, state_of
 from .settings import FileSettings
 from .store import Store
@@ -63,8 +70,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("crdtnb.files")
 
-BASE_KEY = "file_base"
+BASE_KEY = "file_base"  # the base: one update, or (a big one) where its parts are
 SHA_KEY = "file_sha256"
+# BASE_KEY's value when the base is in parts, followed by {"slot", "counts"} in JSON: the
+# parts are under BASE_KEY/<slot>/<n>, written into the slot not in use, then switched to.
+_BASE_PARTS = b"crdtnb-base-parts\x00"
 WRITE_ATTEMPTS = 3  # outside edits racing one save: merge and write again
 
 
@@ -75,13 +85,15 @@ class FileSync:
         files: NotebookFiles,
         store: Store,
         *,
-        base: bytes,
+        base: list[bytes] | None,
         stamp: FileStamp,
         settings: FileSettings | None = None,
     ) -> None:
         self.room = room
         self.files = files
         self.store = store
+        # The document as it last matched the file, in pieces (pieces.py): None while only
+        # the store holds it (read when a merge needs it).
         self.base = base
         self.stamp = stamp
         settings = settings or FileSettings()
@@ -106,6 +118,8 @@ class FileSync:
         self._saver: asyncio.Task[None] | None = None
         self._checker: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._first_check: asyncio.Task[None] | None = None
+        self._base_unstored = False  # the base is new and not in the store yet
 
     @classmethod
     async def open(
@@ -113,28 +127,49 @@ class FileSync:
         room: Room,
         files: NotebookFiles,
         store: Store,
-        nb: dict[str, Any],
         stamp: FileStamp,
         settings: FileSettings | None = None,
     ) -> FileSync:
-        """Attach to a room whose document came from the store or from the file ``nb``
-        (read as ``stamp``). Merges the file if it changed since the stored base, and
-        saves soon whatever the room holds that the file lacks (edits of a previous run
-        that were logged but not saved, an upgrade to nbformat 4.5)."""
-        base = await store.get_meta(room.name, BASE_KEY)
+        """Attach to a room whose document came from the store or from the file (whose
+        version on disk is ``stamp``). Merges the file if it changed since the stored base,
+        and saves soon whatever the room holds that the file lacks (edits of a previous run
+        that were logged but not saved, an upgrade to nbformat 4.5, a file not in
+        nbformat's layout).
+
+        That last comparison reads the whole file and the whole document: it runs after
+        the room is served (it can only ask for a save). An unchanged file is not parsed
+        before then, nor is the stored base read until a merge needs it."""
         sha = await store.get_meta(room.name, SHA_KEY)
-        sync = cls(room, files, store, base=base or room.doc.get_update(), stamp=stamp, settings=settings)
-        if base is None or sha is None:
-            # The document was just loaded from this very file.
-            await sync._remember_base()
+        sync = cls(room, files, store, base=None, stamp=stamp, settings=settings)
+        if sha is None:
+            # The document was just loaded from this very file. Its base is stored once
+            # the room is served (a big one takes a while to write): see _check_unsaved.
+            sync.base = await _encode_base(room)
+            sync._base_unstored = True
         elif sha.decode() != stamp.sha256:
             logger.info("%s changed on disk while closed: merging", room.name)
+            nb, stamp = await in_background(files.read, room.name)
             await sync._merge(nb, stamp)
-        exported = room.index.export()
-        if not await asyncio.to_thread(_same_notebook, exported, nb):
-            sync.changed()
+        sync._first_check = asyncio.create_task(sync._check_unsaved(), name=f"filesync-check:{room.name}")
         sync._note_saved(stamp.mtime_ns / 1e9)
         return sync
+
+    async def _check_unsaved(self) -> None:
+        """Store the base if it is new, then ask for a save if the room holds something
+        the file lacks."""
+        try:
+            await served(self.room)
+            async with self._lock:
+                if self._base_unstored:  # a save or merge since has stored a newer one
+                    await self._remember_base()
+            nb, _ = await in_background(self.files.read, self.room.name)
+            if not await in_background(_same_notebook, self.room.index.export(), nb):
+                self._own_state = None  # not only our own note of the last save
+                self.changed()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the file went or broke meanwhile: the poll sees to it
+            logger.info("comparing %s with its file: %s", self.room.name, exc)
 
     def start(self) -> None:
         self._running = True
@@ -145,7 +180,7 @@ class FileSync:
         finish first: its write runs on a thread that no cancel would stop."""
         self._running = False
         async with self._lock:
-            tasks = [task for task in (self._saver, self._checker) if task is not None]
+            tasks = [task for task in (self._saver, self._checker, self._first_check) if task is not None]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -153,6 +188,8 @@ class FileSync:
     async def close(self) -> None:
         """Stop, saving unsaved changes first."""
         await self.stop()
+        if self._base_unstored:  # closed before it was served
+            await self._remember_base()
         await self.room.flushed()
         if self._dirty_since is not None:
             await self.save()
@@ -251,10 +288,9 @@ class FileSync:
                 await self._merge_outside_edit()
                 if self.disk_error is not None:
                     return None
-                nb = self.room.index.export()
-                base = self.room.doc.get_update()
+                nb, base = await self._snapshot()
                 try:
-                    stamp = await asyncio.to_thread(self.files.write, self.room.name, nb, self.stamp)
+                    stamp = await in_background(self.files.write, self.room.name, nb, self.stamp)
                 except FileChanged:
                     continue  # written outside while we wrote: merge that and write again
                 except (InvalidNotebook, PathError, OSError) as exc:
@@ -292,7 +328,7 @@ class FileSync:
         if self.stamp.same_stat(st):
             return
         try:
-            nb, stamp = await asyncio.to_thread(self.files.read, self.room.name)
+            nb, stamp = await in_background(self.files.read, self.room.name)
         except NotebookNotFound:
             return
         except InvalidNotebook as exc:
@@ -320,19 +356,70 @@ class FileSync:
 
     async def _merge(self, nb: dict[str, Any], stamp: FileStamp) -> None:
         was_dirty = self.dirty
+        base = self.base if self.base is not None else await self._stored_base()
         with self.room.doc.transaction(origin=FILE):
-            self.base = merge_disk_changes(self.room.doc, self.base, nb)
+            self.base = merge_disk_changes_in_pieces(self.room.doc, base, nb)
         self.stamp = stamp
         await self._remember_base()
         await self.room.flushed()
-        if not was_dirty and await asyncio.to_thread(_same_notebook, self.room.index.export(), nb):
+        if not was_dirty and await in_background(_same_notebook, self.room.index.export(), nb):
             # The room now equals the file: nothing to write back.
             self._dirty_since = None
         self.room.hooks.notify("on_file_merged", FileMerged(self.room, self.room.name))
 
+    async def _snapshot(self) -> tuple[dict[str, Any], list[bytes]]:
+        """The export to write and the base that goes with it: the document at one moment.
+        A big document is encoded a piece at a time, the loop free in between; if it
+        changed meanwhile, again (a busy room's third try is done in one go)."""
+        room = self.room
+        for _ in range(2):
+            mark = room.changes
+            nb = room.index.export()
+            pieces: list[bytes] = []
+            for vector in diff_plan(room.doc):
+                if pieces:
+                    await asyncio.sleep(0)
+                pieces.append(room.doc.get_update(vector) if vector else room.doc.get_update())
+            if room.changes == mark:
+                return nb, pieces
+        return room.index.export(), diff_in_pieces(room.doc)
+
+    async def _stored_base(self) -> list[bytes]:
+        name = self.room.name
+        value = await self.store.get_meta(name, BASE_KEY)
+        if value is None:
+            return await _encode_base(self.room)
+        if not value.startswith(_BASE_PARTS):
+            return unpack(value)
+        where = json.loads(value[len(_BASE_PARTS) :])
+        parts = [await self.store.get_meta(name, _part_key(where["slot"], n)) for n in range(where["counts"][where["slot"]])]
+        if any(part is None for part in parts):
+            raise RuntimeError(f"the file base of {name} misses parts")
+        return [part for part in parts if part is not None]
+
     async def _remember_base(self) -> None:
-        await self.store.set_meta(self.room.name, BASE_KEY, self.base)
-        await self.store.set_meta(self.room.name, SHA_KEY, self.stamp.sha256.encode())
+        """Store the base, then the file's hash (in that order: a hash stored with an older
+        base would have a later merge undo what the file has)."""
+        assert self.base is not None
+        self._base_unstored = False
+        name, base = self.room.name, self.base
+        if len(base) == 1:
+            await self.store.set_meta(name, BASE_KEY, base[0])
+        else:
+            # A big base in parts of about a megabyte (one blob would be copied whole, by
+            # calls that hold the GIL), each its own write (others' appends go between):
+            # written where the current base is not, then switched to.
+            current = await self.store.get_meta(name, BASE_KEY)
+            where = json.loads(current[len(_BASE_PARTS) :]) if current and current.startswith(_BASE_PARTS) else None
+            slot = 1 - where["slot"] if where else 0
+            counts = where["counts"] if where else [0, 0]
+            for number, part in enumerate(base):
+                await self.store.set_meta(name, _part_key(slot, number), part)
+            for number in range(len(base), counts[slot]):
+                await self.store.set_meta(name, _part_key(slot, number), b"")
+            counts[slot] = len(base)
+            await self.store.set_meta(name, BASE_KEY, _BASE_PARTS + json.dumps({"slot": slot, "counts": counts}).encode())
+        await self.store.set_meta(name, SHA_KEY, self.stamp.sha256.encode())
 
     def _note_saved(self, when: float | None) -> None:
         self.saved_at = when
@@ -356,8 +443,33 @@ class FileSync:
         self._own_state = self.room.doc.get_state()
 
 
+def _load_in_pieces(doc: Doc, nb: dict[str, Any]) -> None:
+    """The notebook into the room's empty document, one transaction per slice of cells
+    (short pycrdt calls: see notebook.notebook_pieces)."""
+    for piece in notebook_pieces(nb):
+        doc.apply_update(piece)
+
+
+def _part_key(slot: int, number: int) -> str:
+    return f"{BASE_KEY}/{slot}/{number}"
+
+
+async def _encode_base(room: Room) -> list[bytes]:
+    """The room's document as a file base, in pieces (pieces.py). On a worker thread while
+    nobody else can touch the document (the room is being opened), else on the loop."""
+    if room.peers:
+        return diff_in_pieces(room.doc)
+    return await in_background(diff_in_pieces, room.doc)
+
+
 def _same_notebook(exported: dict[str, Any], nb: dict[str, Any]) -> bool:
-    return exported == canonical_notebook(nb)
+    """Whether the export equals the notebook, compared a cell at a time (one comparison
+    of two big notebooks would hold the GIL for its whole length)."""
+    theirs = canonical_notebook(nb)
+    if {k: v for k, v in exported.items() if k != "cells"} != {k: v for k, v in theirs.items() if k != "cells"}:
+        return False
+    mine, other = exported["cells"], theirs["cells"]
+    return len(mine) == len(other) and all(a == b for a, b in zip(mine, other))
 
 
 class FileSyncExtension(Extension):
@@ -368,9 +480,12 @@ class FileSyncExtension(Extension):
     def __init__(self, settings: FileSettings | None = None) -> None:
         self.settings = settings or FileSettings()
         self.syncs: dict[str, FileSync] = {}
+        # The version of each file on_room_loading read, for on_room_owned.
+        self._loaded: dict[str, FileStamp] = {}
         self._files: NotebookFiles | None = None
         self._store: Store | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._preparing: asyncio.Task[None] | None = None
 
     def routes(self, api: Api) -> Sequence[BaseRoute]:
         return [api.route("/api/notebooks/{path:path}/save", self.save_now, methods=["POST"], action=Action.WRITE)]
@@ -379,12 +494,16 @@ class FileSyncExtension(Extension):
         self._files = event.daemon.files
         self._store = event.daemon.store
         self._poller = asyncio.create_task(self._poll(), name="filesync-poller")
+        # nbformat's schema compiled at start, not while the first notebook opens.
+        self._preparing = asyncio.create_task(in_background(ipynb.prepare), name="filesync-schema")
 
     async def on_daemon_stopping(self, event: DaemonStopping) -> None:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
+        if self._preparing is not None:
+            await asyncio.gather(self._preparing, return_exceptions=True)  # a thread: let it end
 
     async def _poll(self) -> None:
         """One task looks at every open file each ``poll_interval``: a thousand idle
@@ -398,21 +517,32 @@ class FileSyncExtension(Extension):
                     logger.exception("polling %s failed", sync.room.name)
 
     async def on_room_loading(self, event: RoomLoading) -> None:
-        assert self._files is not None, "the daemon has not started"
-        # Raises if the file is gone or invalid: the room is refused.
-        nb, _ = await asyncio.to_thread(self._files.read, event.name)
-        if not event.from_store:
-            await asyncio.to_thread(load_notebook, event.doc, nb)
+        """A room is only served for a valid notebook: a missing or invalid file refuses
+        it (raises). The file this room last read or wrote (its hash is in the store) was
+        valid then: its bytes are only hashed, not parsed again."""
+        assert self._files is not None and self._store is not None, "the daemon has not started"
+        data, stamp = await in_background(self._files.read_bytes, event.name)
+        if event.from_store:
+            known = await self._store.get_meta(event.name, SHA_KEY)
+            if known is None or known.decode() != stamp.sha256:
+                await in_background(self._files.parse, event.name, data)
+        else:
+            nb = await in_background(self._files.parse, event.name, data)
+            await in_background(_load_in_pieces, event.doc, nb)
+        self._loaded[event.name] = stamp
 
     async def on_room_owned(self, event: RoomOwned) -> None:
-        """The owner keeps the file: it is read afresh (it may have changed since the
-        room loaded) and merged if it changed since the stored base."""
+        """The owner keeps the file: merged if it changed since the stored base."""
         assert self._files is not None and self._store is not None
         room = event.room
+        loaded = self._loaded.pop(room.name, None)
         if room.name in self.syncs:
             return
-        nb, stamp = await asyncio.to_thread(self._files.read, room.name)
-        sync = await FileSync.open(room, self._files, self._store, nb, stamp, self.settings)
+        if loaded is not None and loaded.same_stat(await asyncio.to_thread(os.stat, self._files.locate(room.name))):
+            stamp = loaded
+        else:
+            _, stamp = await in_background(self._files.read_bytes, room.name)
+        sync = await FileSync.open(room, self._files, self._store, stamp, self.settings)
         sync.start()
         self.syncs[room.name] = sync
 
@@ -427,6 +557,9 @@ class FileSyncExtension(Extension):
         sync = self.syncs.get(event.room.name)
         if sync is not None:
             sync.changed()
+
+    async def on_room_unloaded(self, event: RoomUnloaded) -> None:
+        self._loaded.pop(event.name, None)
 
     async def on_room_unloading(self, event: RoomUnloading) -> None:
         sync = self.syncs.pop(event.room.name, None)

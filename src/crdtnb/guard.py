@@ -22,9 +22,12 @@ are valid), so their cost is that of the change, not of the notebook.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -53,6 +56,8 @@ class OutputLedger:
     def __init__(self) -> None:
         self._outputs: set[bytes] = set()
         self._counts: set[int] = set()
+        # Exported cells (read-only snapshots) whose outputs are not fingerprinted yet.
+        self._later: list[dict[str, Any]] = []
 
     def record(self, cell: dict[str, Any]) -> None:
         for output in cell.get("outputs") or ():
@@ -61,12 +66,34 @@ class OutputLedger:
         if type(count) is int:
             self._counts.add(count)
 
+    def record_later(self, cells: list[dict[str, Any]]) -> None:
+        """Cells a room loaded with: fingerprinting their outputs takes as long as
+        encoding them, so it is done after the room opens (``catch_up``), or at the
+        latest when first needed."""
+        self._later.extend(cells)
+
+    async def catch_up(self, slice_seconds: float = 0.002) -> None:
+        """Fingerprint what ``record_later`` left, yielding to the event loop every
+        few milliseconds."""
+        deadline = time.perf_counter() + slice_seconds
+        while self._later:
+            self.record(self._later.pop())
+            if time.perf_counter() > deadline:
+                await asyncio.sleep(0)
+                deadline = time.perf_counter() + slice_seconds
+
+    def _caught_up(self) -> None:
+        while self._later:
+            self.record(self._later.pop())
+
     def knows(self, outputs: list[Any], count: Any) -> bool:
+        self._caught_up()
         if any(not isinstance(o, dict) or _fingerprint(o) not in self._outputs for o in outputs):
             return False
         return count is None or (type(count) is int and count in self._counts)
 
     def __len__(self) -> int:
+        self._caught_up()
         return len(self._outputs)
 
 
@@ -95,6 +122,9 @@ class SchemaGuard:
         self._meta: dict[str, Any] = {}
         self._state: dict[str, tuple[bool, Any]] = {}
         self.repairs = 0  # how many peer transactions needed a repair (for metrics)
+        self._deleted: list[int] = []  # positions (the index's) deleted by this repair
+        # At load: whether each cell's raw outputs and count may stay (see _kept_at_load).
+        self._loaded: dict[int, bool] = {}
         index.listeners.append(self._on_cells)
         # The wrappers that subscribed must be the ones that unsubscribe.
         self._meta_map, self._state_map = meta_of(doc), state_of(doc)
@@ -134,16 +164,28 @@ class SchemaGuard:
     def check_document(self) -> bool:
         """At load, before the room is shared: learn the outputs it holds, then check
         every cell and the meta (a log written before these rules, or by another tool,
-        may hold anything). Returns whether something had to be repaired."""
+        may hold anything). Returns whether something had to be repaired.
+
+        Each cell is read once: its export is cached (the first export, the ledger and
+        the file's comparison need it) and its raw outputs are checked here, since every
+        valid output a room loads with is one the ledger knows. The ledger fingerprints
+        them later (``OutputLedger.record_later``)."""
+        exports = []
         for entry in self.index:
-            entry.json_text()  # the first export and the ledger need every cell's
-        self.learn_outputs(loading=True)
+            raw = entry.export_raw()
+            exports.append(entry.export())
+            self._loaded[id(entry)] = _kept_at_load(raw)
+        self.ledger.record_later(exports)
+        self.index.outputs_changed.clear()
         for entry in self.index:
             found = self._findings(entry)
             found.inserted = found.loading = True
         self._structure = True
         self._meta = {"nbformat": None, "nbformat_minor": None, "metadata": None}
-        return self.repair()
+        try:
+            return self.repair()
+        finally:
+            self._loaded.clear()
 
     # -- reading a peer's transaction (inside its commit: read only) ---------------------
 
@@ -216,6 +258,7 @@ class SchemaGuard:
         state, self._state = self._state, {}
         structure, self._structure = self._structure, False
         before = self.doc.get_state()
+        self._deleted = []
         with self.doc.transaction(origin=REPAIR):
             for found in cells:
                 self._repair_cell(found)
@@ -233,11 +276,11 @@ class SchemaGuard:
         position = self.index.position_of(entry)
         if position is None:
             return  # deleted meanwhile
-        ymap = entry.ymap
-        if ymap is None:
+        if entry.ymap is None:
             logger.warning("a peer inserted a cell that is not a Map: removed")
-            del self.index.cells[position]
+            self._delete(position)
             return
+        ymap = _CellView(entry.ymap)
         old = found.old
         inserted = found.inserted
         # Identity and type.
@@ -271,14 +314,18 @@ class SchemaGuard:
                 if key in ymap:
                     del ymap[key]
 
-    def _repair_code_cell(self, ymap: Map, found: _CellFindings, retyped: bool) -> None:
+    def _repair_code_cell(self, ymap: _CellView, found: _CellFindings, retyped: bool) -> None:
         old = found.old
         outputs = ymap.get("outputs")
         count = ymap.get("execution_count")
         if found.inserted or ("outputs" in old and not isinstance(outputs, Array)):
             # A cell arriving whole (moved, pasted, undone) keeps only outputs we know.
-            plain = _plain_outputs(outputs)
-            if plain is None or not self.ledger.knows(plain, _count(count)):
+            if found.loading:
+                known = isinstance(outputs, Array) and self._loaded.get(id(found.entry), False)
+            else:
+                plain = _plain_outputs(outputs)
+                known = plain is not None and self.ledger.knows(plain, _count(count))
+            if not known:
                 if not isinstance(outputs, Array) or len(outputs):
                     ymap["outputs"] = Array()
                 ymap["execution_count"] = None
@@ -294,7 +341,7 @@ class SchemaGuard:
                 if spot < len(outputs):
                     del outputs[spot]
         if "execution_count" in old and not found.inserted:
-            value = ymap.get("execution_count")
+            value = count
             if value is not None:  # peers may only clear it
                 previous = old["execution_count"]
                 ymap["execution_count"] = previous if previous is None or type(previous) in (int, float) else None
@@ -313,24 +360,36 @@ class SchemaGuard:
             if state != "idle" and not running:
                 ymap[EXECUTION_STATE] = "idle"
 
+    def _delete(self, position: int) -> None:
+        """Delete the cell at ``position`` as the index knows it: the index only follows
+        the Array when the repair commits, so earlier deletions of this repair shift it."""
+        bisect.insort(self._deleted, position)
+        del self.index.cells[position - bisect.bisect_left(self._deleted, position)]
+
     def _new_id(self) -> str:
         return fresh_id({i for i in self.index.ids() if i is not None})
 
     def _resolve_duplicates(self, cells: list[_CellFindings]) -> None:
         """A cell the peer inserted whose id another cell has: the same content goes,
         different content gets a new id."""
+        by_id: dict[str, list[CellEntry]] = {}  # once, not per cell: a load checks them all
+        for entry in self.index:
+            if entry.cell_id is not None:
+                by_id.setdefault(entry.cell_id, []).append(entry)
         for found in cells:
             if not found.inserted:
                 continue
             entry = found.entry
             position = self.index.position_of(entry)
-            if position is None or entry.cell_id is None or self.index.count(entry.cell_id) < 2:
+            if position is None or entry.cell_id is None or len(by_id.get(entry.cell_id, ())) < 2:
                 continue
-            others = [e for e in self.index if e.cell_id == entry.cell_id and e is not entry]
+            same = by_id[entry.cell_id]
+            others = [e for e in same if e is not entry]
             mine = _content(entry.export())
+            same.remove(entry)
             if any(_content(other.export()) == mine for other in others):
                 logger.info("removed a duplicate of cell %s (two concurrent moves)", entry.cell_id)
-                del self.index.cells[position]
+                self._delete(position)
             else:
                 assert entry.ymap is not None
                 entry.ymap["id"] = self._new_id()
@@ -362,6 +421,49 @@ class SchemaGuard:
                     del state[key]
             elif state.get(key) != previous:
                 state[key] = previous
+
+
+def _kept_at_load(raw: dict[str, Any]) -> bool:
+    """Whether a cell the room loads with keeps its outputs and count: what
+    ``OutputLedger.knows`` says of them once the ledger has recorded the loaded cells
+    (every output that is an output, and a count that is a count, is known)."""
+    outputs = raw.get("outputs")
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and o.get("output_type") in OUTPUT_TYPES for o in outputs):
+        return False
+    count = _count(raw.get("execution_count"))
+    return count is None or (type(count) is int and count >= 0)
+
+
+class _CellView:
+    """A cell's Map during a repair: its keys read once, each value at most once (every
+    pycrdt call costs microseconds of its own, and a load checks every cell)."""
+
+    __slots__ = ("ymap", "_keys", "_values")
+
+    def __init__(self, ymap: Map) -> None:
+        self.ymap = ymap
+        self._keys = set(ymap.keys())
+        self._values: dict[str, Any] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def get(self, key: str) -> Any:
+        if key not in self._keys:
+            return None
+        if key not in self._values:
+            self._values[key] = self.ymap[key]
+        return self._values[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.ymap[key] = value
+        self._keys.add(key)
+        self._values.pop(key, None)  # a shared type is read back integrated
+
+    def __delitem__(self, key: str) -> None:
+        del self.ymap[key]
+        self._keys.discard(key)
+        self._values.pop(key, None)
 
 
 def _plain_outputs(outputs: Any) -> list[Any] | None:

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from difflib import SequenceMatcher
 from typing import Any
 
 from pycrdt import Array, Doc, Map, Text
 
 from .notebook import canonical_cell, canonical_notebook, fresh_id, new_cell_map, new_output_map, plain
+from .pieces import diff_in_pieces, pack, unpack
 from .schema import CellIndex, meta_of
 from .textdiff import apply_text_edits, rebase_edits, text_edits
 
-__all__ = ["apply_notebook_changes", "merge_disk_changes"]
+__all__ = ["apply_notebook_changes", "merge_disk_changes", "merge_disk_changes_in_pieces"]
 
 _MISSING = object()
 
@@ -337,20 +338,27 @@ def apply_notebook_changes(
 
 
 def merge_disk_changes(doc: Doc, base: bytes, disk: Mapping[str, Any]) -> bytes:
+    """``merge_disk_changes_in_pieces`` with the bases as one blob each (pieces.pack)."""
+    return pack(merge_disk_changes_in_pieces(doc, unpack(base), disk))
+
+
+def merge_disk_changes_in_pieces(doc: Doc, base: Sequence[bytes], disk: Mapping[str, Any]) -> list[bytes]:
     """Three-way merge of an .ipynb changed on disk into a live doc with unsaved edits.
 
-    `base` is a full update (doc.get_update()) of the document as it was when it last
-    matched the file on disk.  The disk edits are replayed on a fork of `base`; as the fork
-    shares the live doc's history, the CRDT merges them with the live unsaved edits.
-    Returns the fork's full update: the new base (the doc as the disk now has it).
+    `base` is the document as it was when it last matched the file on disk, as updates
+    (one, or the pieces of pieces.diff_in_pieces).  The disk edits are replayed on a fork
+    of `base`; as the fork shares the live doc's history, the CRDT merges them with the
+    live unsaved edits.  Returns the fork's state in pieces: the new base (the doc as the
+    disk now has it).
     """
     fork: Doc = Doc()
     index = CellIndex(fork)  # before the content arrives: then it costs O(n)
     try:
-        fork.apply_update(base)
+        for piece in base:
+            fork.apply_update(piece)
         state = fork.get_state()
         apply_notebook_changes(fork, index.export(), disk, index)
     finally:
         index.close()
     doc.apply_update(fork.get_update(state))
-    return fork.get_update()
+    return diff_in_pieces(fork)

@@ -27,6 +27,7 @@ from .fanout import ClosablePeer, Fanout, LocalFanout, Peer
 from .guard import SchemaGuard
 from .origins import OWNER_WORK, SERVER, SERVER_ORIGINS, Origin, PeerOrigin, RemoteOrigin
 from .ownership import NotOwner
+from .pieces import diff_plan
 from .protocol import (
     ProtocolError,
     encode_awareness,
@@ -90,9 +91,17 @@ class Room:
         self.broken: str | None = None
         # Called once when the room breaks (RoomManager closes its peers and drops it).
         self.on_broken: Callable[[Room, str], None] | None = None
+        # Set once a peer has been sent the document: work left from loading waits for it.
+        self.served = asyncio.Event()
 
     def start(self) -> None:
         self._pipeline = asyncio.create_task(self._run_pipeline(), name=f"room:{self.name}")
+
+    @property
+    def changes(self) -> int:
+        """Grows with every change of the document: the same number twice means nothing
+        changed in between."""
+        return self._enqueued
 
     async def close(self) -> None:
         """Wait until every captured change is durable (unless the room broke), then stop."""
@@ -150,13 +159,27 @@ class Room:
     # -- messages (one small handler per kind) ------------------------------
 
     async def on_sync_step1(self, peer: Peer, state_vector: bytes) -> None:
-        """Answer with what the peer lacks, once everything in it is durable."""
+        """Answer with what the peer lacks, once everything in it is durable. A big answer
+        is encoded in pieces (pieces.py), the loop free between them: all but the last
+        are sent as updates, the last as the step2."""
         try:
-            update = self.doc.get_update(state_vector)
+            plan = diff_plan(self.doc, state_vector)
         except ValueError as exc:
             raise ProtocolError(f"invalid state vector: {exc}") from exc
+        pieces = []
+        for number, vector in enumerate(plan):
+            if number:
+                await asyncio.sleep(0)
+            try:
+                pieces.append(self.doc.get_update(vector) if vector else self.doc.get_update())
+            except ValueError as exc:
+                raise ProtocolError(f"invalid state vector: {exc}") from exc
         await self.flushed()
-        peer.send(encode_sync_step2(update))
+        for piece in pieces[:-1]:
+            peer.send(encode_update(piece))
+            await asyncio.sleep(0)  # each piece is a megabyte to copy: other rooms go between
+        peer.send(encode_sync_step2(pieces[-1]))
+        self.served.set()
 
     def on_update(self, peer: Peer, update: bytes) -> None:
         """Apply a peer's update, repair what it broke of the schema; the observer

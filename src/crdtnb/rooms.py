@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pycrdt import Doc
 
 from .awareness import PresenceLimits
+from .background import in_background
 from .extensions import Hooks, RoomDisowned, RoomLoaded, RoomLoading, RoomOwned, RoomUnloaded, RoomUnloading
 from .fanout import Fanout, LocalFanout
 from .files import NotebookFiles
@@ -28,6 +29,12 @@ class _OpenRoom:
         self.room = room
         self.holders = 0
         self.evict_timer: asyncio.TimerHandle | None = None
+        # Work left from the load, done once the room is served (see _settle).
+        self.settling: asyncio.Task[None] = asyncio.create_task(_settle(room), name=f"settle:{room.name}")
+
+    async def stop_settling(self) -> None:
+        self.settling.cancel()
+        await asyncio.gather(self.settling, return_exceptions=True)
 
 
 class _KeyedLocks:
@@ -155,13 +162,20 @@ class RoomManager:
     async def _load(self, name: str) -> Room:
         while True:
             updates = await self.store.load(name)
-            doc, index = await asyncio.to_thread(_build_document, updates)
+            doc, index = await in_background(_build_document, updates)
             # Extensions fill an empty document (the .ipynb) or refuse the room by raising.
+            # What they write is seeded as they wrote it: a big notebook is written in
+            # pieces, and one update of it all would take one long pycrdt call to encode.
+            filled: list[bytes] = []
+            subscription = doc.observe(lambda event, filled=filled: filled.append(event.update))
             try:
-                await self.hooks.run("on_room_loading", RoomLoading(name, doc, index, from_store=bool(updates)))
+                try:
+                    await self.hooks.run("on_room_loading", RoomLoading(name, doc, index, from_store=bool(updates)))
+                finally:
+                    doc.unobserve(subscription)
                 # Only the first daemon to store a new room's state seeds it: two seeds
                 # would be two copies of every cell.
-                if updates or await self.store.seed(name, doc.get_update()):
+                if updates or await self.store.seed(name, filled or [doc.get_update()]):
                     break
             except BaseException:
                 index.close()
@@ -174,7 +188,7 @@ class RoomManager:
         room.on_broken = self._room_broke
         # Cell exports are computed once, off the loop; the outputs the room holds now are
         # legitimate (a peer may move their cells around); the schema is checked whole.
-        await asyncio.to_thread(room.guard.check_document)
+        await in_background(room.guard.check_document)
         room.start()
         await self.hooks.run("on_room_loaded", RoomLoaded(room))
         logger.info("opened room %s (%s)", name, f"{len(updates)} stored updates" if updates else "new")
@@ -224,6 +238,7 @@ class RoomManager:
             del self._open[room.name]
             if entry.evict_timer is not None:
                 entry.evict_timer.cancel()
+            await entry.stop_settling()
             if self.ownership.owns(room.name):
                 await self.hooks.run("on_room_disowned", RoomDisowned(room, reason))
                 await self.ownership.release(room.name)
@@ -241,6 +256,7 @@ class RoomManager:
     async def _close_entry(self, entry: _OpenRoom) -> None:
         if entry.evict_timer is not None:
             entry.evict_timer.cancel()
+        await entry.stop_settling()
         room = entry.room
         try:
             await room.flushed()
@@ -266,13 +282,40 @@ class RoomManager:
         self._open.clear()
 
 
+# Work left from loading a room waits until its first peer is served, or this long.
+SETTLE_AFTER = 1.0
+
+
+async def served(room: Room) -> None:
+    """Return once the room's first peer has been sent the document (at most SETTLE_AFTER
+    seconds): what a load leaves for later must not delay that first answer."""
+    try:
+        await asyncio.wait_for(room.served.wait(), SETTLE_AFTER)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def _settle(room: Room) -> None:
+    """What a load leaves for later, a few milliseconds at a time: the fingerprints of the
+    outputs the room loaded with (the guard asks for them when a peer moves a cell with
+    outputs) and each cell's JSON for exports."""
+    try:
+        await served(room)
+        await room.guard.ledger.catch_up()
+        await room.index.warm()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("settling room %s failed", room.name)
+
+
 def _build_document(updates: list[bytes]) -> tuple[Doc, CellIndex]:
     """A room's document from its log, built on a worker thread before anyone shares it:
-    the index is subscribed first, so it costs O(n)."""
+    the index is subscribed first, so it costs O(n). One transaction per update: pycrdt
+    holds the GIL for each call, and a transaction's commit does its own work on all it
+    changed, so one transaction for a big log would stop the event loop as long."""
     doc: Doc = Doc()
     index = CellIndex(doc)
-    if updates:
-        with doc.transaction():
-            for update in updates:
-                doc.apply_update(update)
+    for update in updates:
+        doc.apply_update(update)
     return doc, index

@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from pycrdt import Array, ArrayEvent, Doc, Map, MapEvent
 
-from .notebook import CELL_ID, canonical_cell, canonical_meta, dedupe_cells
+from .notebook import CELL_ID, canonical_cell, canonical_meta, dedupe_cells, loads_doc_json
 
 CELLS = "cells"
 META = "meta"
@@ -71,10 +71,17 @@ class CellEntry:
 
     def export(self) -> dict[str, Any]:
         if self.exported is None:
-            raw = json.loads(str(self.ymap)) if self.ymap is not None else {}
-            self.exported = canonical_cell(raw if isinstance(raw, dict) else {})
-            self.text = None
+            self.export_raw()
+        assert self.exported is not None
         return self.exported
+
+    def export_raw(self) -> dict[str, Any]:
+        """Read the cell afresh: its raw JSON (returned) and its cached export."""
+        raw = loads_doc_json(str(self.ymap)) if self.ymap is not None else {}
+        raw = raw if isinstance(raw, dict) else {}
+        self.exported = canonical_cell(raw, fresh=True)
+        self.text = None
+        return raw
 
     def json_text(self) -> str:
         if self.text is None or self.exported is None:

@@ -28,6 +28,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..ownership import NotOwner
+from ..pieces import unpack
 from ..store.base import RenameUnsupported, StoreClosedError, StoreUnavailable
 from ..store.merge import merge_log
 from .keys import ROOMS, RoomKeys
@@ -43,8 +44,8 @@ return #ARGV - 2
 
 _SEED = """
 if redis.call('XLEN', KEYS[1]) > 0 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('XADD', KEYS[1], '*', 'u', ARGV[1], 'n', ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+for i = 4, #ARGV do redis.call('XADD', KEYS[1], '*', 'u', ARGV[i], 'n', ARGV[1]) end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 return 1
 """
 
@@ -206,14 +207,14 @@ class RedisStore:
             raise
         self._grew(room, updates)
 
-    async def seed(self, room: str, update: bytes) -> bool:
+    async def seed(self, room: str, updates: Sequence[bytes]) -> bool:
         self._check()
         keys = RoomKeys(room)
         with unavailable_as_store_errors():
-            seeded = await self._seed(keys=[keys.log, keys.snapshot, ROOMS], args=[bytes(update), self.node, keys.tag, room])
+            seeded = await self._seed(keys=[keys.log, keys.snapshot, ROOMS], args=[self.node, keys.tag, room, *map(bytes, updates)])
         if seeded:
             self._known.add(room)
-            self._grew(room, [update])
+            self._grew(room, updates)
         return bool(seeded)
 
     async def load(self, room: str) -> list[bytes]:
@@ -221,7 +222,7 @@ class RedisStore:
         keys = RoomKeys(room)
         with unavailable_as_store_errors():
             snapshot, snapshot_id, entries = await self._load(keys=[keys.snapshot, keys.log])
-        updates: list[bytes] = [] if snapshot is None else [bytes(snapshot)]
+        updates: list[bytes] = [] if snapshot is None else unpack(bytes(snapshot))  # see pieces.py
         position = _text(snapshot_id) if snapshot_id is not None else "0-0"
         size = 0
         for entry_id, fields in entries:

@@ -48,9 +48,9 @@ class Store(Protocol):
         from a daemon that no longer owns the room."""
         ...
 
-    async def seed(self, room: str, update: bytes) -> bool:
-        """Store a new room's first state, only if its log is still empty (False: someone
-        else seeded it first, reload it)."""
+    async def seed(self, room: str, updates: Sequence[bytes]) -> bool:
+        """Store a new room's first state (one or more updates, all or none), only if its
+        log is still empty (False: someone else seeded it first, reload it)."""
         ...
 
     async def load(self, room: str) -> list[bytes]:

@@ -8,13 +8,10 @@ from typing import Any
 
 from pycrdt import Decoder, Doc, get_update, merge_updates
 
+from ..pieces import PIECE_BYTES, decode_state_vector, pack, unpack
 from .base import CompactionError
 
-
-def decode_state_vector(state: bytes) -> dict[int, int]:
-    """client id -> next expected clock. Compare these, not bytes: the encoding's order is free."""
-    reader = Decoder(state)
-    return {reader.read_var_uint(): reader.read_var_uint() for _ in range(reader.read_var_uint())}
+__all__ = ["decode_state_vector", "merge_log", "merge_pieces"]
 
 
 def _unintegrated(update: bytes, state: bytes, clocks: dict[int, int]) -> bytes | None:
@@ -48,28 +45,71 @@ def _merge_step(what: str) -> Iterator[None]:
         raise CompactionError(f"{what}: {exc!r}") from exc
 
 
-def merge_log(updates: Sequence[bytes]) -> bytes:
-    """One update that rebuilds the same document as applying `updates` in order.
+def merge_log(updates: Sequence[bytes], piece_bytes: int | None = None) -> bytes:
+    """``merge_pieces`` as one blob (pieces.pack)."""
+    return pack(merge_pieces(updates, piece_bytes))
 
-    Builds the state in a fresh Doc (deleted content is garbage-collected, so the snapshot is
-    smaller than the log) and merges back any pending parts. The result is checked by rebuilding
-    from it: a merge that does not reproduce the state vector raises instead of replacing the
-    history (pycrdt-store 0.1.5 replaced it with an empty document).
+
+def merge_pieces(updates: Sequence[bytes], piece_bytes: int | None = None) -> list[bytes]:
+    """A snapshot that rebuilds the same document as applying `updates` in order: one
+    update, or several for a big document, each of about
+    `piece_bytes` (PIECE_BYTES; a snapshot of a 50 MB notebook applied in one call would hold the GIL
+    for 70 ms when the room next loads). `updates` may hold such blobs.
+
+    Deleted content is garbage-collected, so the snapshot is smaller than the log. The
+    pieces come from a second document that gets the final delete set first and then the
+    log, a part at a time: what each part adds, less what is deleted by the end. Pending
+    parts of the log (their dependencies missing) are merged back in. The result is checked
+    by rebuilding from it: a merge that does not reproduce the state vector raises instead
+    of replacing the history (pycrdt-store 0.1.5 replaced it with an empty document).
     """
-    doc: Doc[Any] = Doc()
+    updates = [piece for blob in updates for piece in unpack(blob)]
+    final: Doc[Any] = Doc()
     for index, update in enumerate(updates):
         with _merge_step(f"update {index} of the log cannot be applied"):
-            doc.apply_update(update)
+            final.apply_update(update)
     with _merge_step("cannot merge the log"):
-        state = doc.get_state()
+        state = final.get_state()
         clocks = decode_state_vector(state)
-        snapshot = doc.get_update()
+        pieces = _in_pieces(updates, final.get_update(state), piece_bytes or PIECE_BYTES)
         pending = [rest for u in updates if (rest := _unintegrated(u, state, clocks)) is not None]
         if pending:
-            snapshot = merge_updates(snapshot, *pending)
+            pieces[-1] = merge_updates(pieces[-1], *pending)
         check: Doc[Any] = Doc()
-        check.apply_update(snapshot)
+        for piece in pieces:
+            check.apply_update(piece)
         rebuilt = decode_state_vector(check.get_state())
     if rebuilt != clocks:
         raise CompactionError("the merged snapshot does not rebuild the logged state")
-    return snapshot
+    return pieces
+
+
+def _in_pieces(updates: list[bytes], deletions: bytes, piece_bytes: int) -> list[bytes]:
+    """The document of `updates` as updates that each add what about `piece_bytes` of the
+    log adds (`deletions`: the final delete set, so that deleted content is left out)."""
+    doc: Doc[Any] = Doc()
+    doc.apply_update(deletions)  # kept aside until the items it deletes arrive
+    since = doc.get_state()
+    pieces: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for update in updates:
+        group.append(update)
+        size += len(update)
+        if size >= piece_bytes:
+            _apply_group(doc, group)
+            pieces.append(doc.get_update(since))
+            since = doc.get_state()
+            group, size = [], 0
+    _apply_group(doc, group)
+    if group or not pieces:
+        pieces.append(doc.get_update(since))
+    return pieces
+
+
+def _apply_group(doc: Doc[Any], group: list[bytes]) -> None:
+    # One call for many small updates: each call also retries the pending delete set.
+    if len(group) > 1:
+        doc.apply_update(merge_updates(*group))
+    elif group:
+        doc.apply_update(group[0])

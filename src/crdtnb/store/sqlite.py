@@ -29,14 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..background import yield_the_cpu
+from ..pieces import unpack
 from .base import CompactionError, Store, StoreClosedError, StoreError
-from .merge import merge_log
+from .merge import merge_pieces
 
 logger = logging.getLogger("crdtnb.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0  # waits out locks held by a checkpoint or an external sqlite3 shell
 MAX_BATCH_JOBS = 1000  # caps one transaction so the first caller in a burst is not held back
 READ_THREADS = 2  # a load can proceed while a compaction merges on the other thread
@@ -53,7 +55,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             name TEXT NOT NULL UNIQUE,
             snapshot BLOB,                          -- merge of every update with seq <= snapshot_seq
-            snapshot_seq INTEGER NOT NULL DEFAULT 0 -- 0: no snapshot yet
+            snapshot_seq INTEGER NOT NULL DEFAULT 0 -- 0: no update merged into it yet
         )""",
         """CREATE TABLE updates (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- global append order
@@ -68,6 +70,22 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             value BLOB NOT NULL,
             PRIMARY KEY (room_id, key)
         ) WITHOUT ROWID""",
+    ),
+    2: (
+        # A room's snapshot in parts of about a megabyte: a big room is read, applied and
+        # written a part at a time, not as one blob that one call holds the GIL for (see
+        # pieces.py), and each part is its own short transaction, so that a big snapshot
+        # does not hold up other rooms' appends. The parts of a new generation are written
+        # first, then rooms.snapshot_generation switches to them (rooms.snapshot is then
+        # NULL); parts of no room's generation (a crash in between) go at the next start.
+        """CREATE TABLE snapshot_parts (
+            room_id INTEGER NOT NULL,
+            generation INTEGER NOT NULL,
+            part INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (room_id, generation, part)
+        )""",
+        "ALTER TABLE rooms ADD COLUMN snapshot_generation INTEGER",
     ),
 }
 
@@ -111,6 +129,7 @@ class _Checkpointer:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        yield_the_cpu()  # copying the WAL back must not keep the event loop from a CPU
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         try:
             while not self._stop.wait(self.interval):
@@ -409,7 +428,8 @@ class _Readers:
 
     def __init__(self, path: Path, threads: int = READ_THREADS) -> None:
         self._path = path
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="crdtnb-store-read")
+        # Reading a big room is work for a CPU too: it yields to the event loop's.
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="crdtnb-store-read", initializer=yield_the_cpu)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -446,7 +466,40 @@ class _CompactionPlan:
     max_seq: int  # last update merged into the new snapshot
     rows: int  # update rows merged (not counting the old snapshot)
     nbytes: int
-    snapshot: bytes
+    snapshot: list[bytes]  # in parts
+
+
+def _snapshot(conn: sqlite3.Connection, room_id: int) -> list[bytes]:
+    """A room's snapshot: the parts of its generation, or the single blob of a database
+    from before them (or nothing)."""
+    blob, generation = conn.execute(
+        "SELECT snapshot, snapshot_generation FROM rooms WHERE id = ?", (room_id,)
+    ).fetchall()[0]
+    if blob is not None:
+        return unpack(blob)
+    rows = conn.execute(
+        "SELECT data FROM snapshot_parts WHERE room_id = ? AND generation = ? ORDER BY part", (room_id, generation)
+    ).fetchall()
+    return [data for (data,) in rows]
+
+
+def _has_state(conn: sqlite3.Connection, room_id: int) -> bool:
+    snapshot, generation = conn.execute(
+        "SELECT snapshot, snapshot_generation FROM rooms WHERE id = ?", (room_id,)
+    ).fetchall()[0]
+    rows = conn.execute("SELECT 1 FROM updates WHERE room_id = ? LIMIT 1", (room_id,)).fetchall()
+    return snapshot is not None or generation is not None or bool(rows)
+
+
+def _drop_parts(conn: sqlite3.Connection, room_id: int, keep: int | None) -> None:
+    """Delete the room's parts of every generation but ``keep``."""
+    conn.execute("DELETE FROM snapshot_parts WHERE room_id = ? AND generation IS NOT ?", (room_id, keep))
+
+
+def _forget(conn: sqlite3.Connection, room_id: int) -> None:
+    for table in ("updates", "meta", "snapshot_parts"):
+        conn.execute(f"DELETE FROM {table} WHERE room_id = ?", (room_id,))
+    conn.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
 
 
 def _as_blobs(updates: Sequence[bytes]) -> list[bytes]:
@@ -525,6 +578,11 @@ class SQLiteStore(Store):
     @staticmethod
     def _init_db(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
         _migrate(conn)
+        # Parts of a snapshot never switched to (the daemon stopped while writing them).
+        conn.execute(
+            "DELETE FROM snapshot_parts WHERE generation IS NOT"
+            " (SELECT snapshot_generation FROM rooms WHERE rooms.id = snapshot_parts.room_id)"
+        )
         rows = conn.execute(
             "SELECT rooms.name, count(*), sum(length(updates.data))"
             " FROM updates JOIN rooms ON rooms.id = updates.room_id GROUP BY rooms.name"
@@ -589,26 +647,61 @@ class SQLiteStore(Store):
         # One daemon per SQLite file: it owns every room.
         await self.append(room, updates)
 
-    async def seed(self, room: str, update: bytes) -> bool:
+    async def seed(self, room: str, updates: Sequence[bytes]) -> bool:
+        """The first state is the room's snapshot (in parts), not rows of its log: a big
+        notebook just loaded from its file is not due for compaction at once."""
         self._check_open()
         _check_room(room)
-        blob = bytes(update)
+        blobs = _as_blobs(updates)
 
-        def write(conn: sqlite3.Connection) -> bool:
+        def begin(conn: sqlite3.Connection) -> int | None:
             room_id = _room_id(conn, room, create=True)
-            snapshot = conn.execute("SELECT snapshot FROM rooms WHERE id = ?", (room_id,)).fetchall()[0][0]
-            has_rows = conn.execute("SELECT 1 FROM updates WHERE room_id = ? LIMIT 1", (room_id,)).fetchall()
-            if snapshot is not None or has_rows:
+            assert room_id is not None  # created
+            return None if _has_state(conn, room_id) else room_id
+
+        room_id = await self._submit(begin)
+        if room_id is None:
+            return False
+        generation = await self._write_parts(room_id, blobs)
+
+        def finish(conn: sqlite3.Connection) -> bool:
+            if _has_state(conn, room_id):  # seeded meanwhile: ours goes
+                _drop_parts(conn, room_id, keep=None)
                 return False
-            conn.execute("INSERT INTO updates (room_id, data) VALUES (?, ?)", (room_id, blob))
+            conn.execute("UPDATE rooms SET snapshot_generation = ? WHERE id = ?", (generation, room_id))
             return True
 
-        def committed(seeded: bool) -> None:
-            if seeded:
-                rows, size = self._log_sizes.get(room, (0, 0))
-                self._log_sizes[room] = (rows + 1, size + len(blob))
+        return await self._submit(finish)
 
-        return await self._submit(write, committed)
+    async def _write_parts(self, room_id: int, parts: Sequence[bytes]) -> int:
+        """Store ``parts`` as a new generation of the room's snapshot, one transaction
+        each (others' appends go between them); the caller switches to it."""
+
+        def first(conn: sqlite3.Connection) -> int:
+            found = conn.execute("SELECT max(generation) FROM snapshot_parts WHERE room_id = ?", (room_id,)).fetchall()
+            current = conn.execute("SELECT snapshot_generation FROM rooms WHERE id = ?", (room_id,)).fetchall()
+            generation = max(found[0][0] or 0, (current[0][0] or 0) if current else 0) + 1
+            conn.execute(
+                "INSERT INTO snapshot_parts (room_id, generation, part, data) VALUES (?, ?, 0, ?)",
+                (room_id, generation, parts[0]),
+            )
+            return generation
+
+        def insert(number: int) -> Callable[[sqlite3.Connection], None]:
+            def write(conn: sqlite3.Connection) -> None:
+                conn.execute(
+                    "INSERT INTO snapshot_parts (room_id, generation, part, data) VALUES (?, ?, ?, ?)",
+                    (room_id, generation, number, parts[number]),
+                )
+
+            return write
+
+        if not parts:
+            raise ValueError("a snapshot has at least one part")
+        generation = await self._submit(first)
+        for number in range(1, len(parts)):
+            await self._submit(insert(number))
+        return generation
 
     async def set_meta(self, room: str, key: str, value: bytes) -> None:
         self._check_open()
@@ -635,9 +728,7 @@ class SQLiteStore(Store):
             room_id = _room_id(conn, room, create=False)
             if room_id is None:
                 return
-            conn.execute("DELETE FROM updates WHERE room_id = ?", (room_id,))
-            conn.execute("DELETE FROM meta WHERE room_id = ?", (room_id,))
-            conn.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
+            _forget(conn, room_id)
 
         def committed(_: None) -> None:
             self._log_sizes.pop(room, None)
@@ -654,9 +745,7 @@ class SQLiteStore(Store):
         def write(conn: sqlite3.Connection) -> None:
             stale = _room_id(conn, new, create=False)
             if stale is not None:  # a log left by a file of that name that is gone
-                conn.execute("DELETE FROM updates WHERE room_id = ?", (stale,))
-                conn.execute("DELETE FROM meta WHERE room_id = ?", (stale,))
-                conn.execute("DELETE FROM rooms WHERE id = ?", (stale,))
+                _forget(conn, stale)
             # The id stays: a compaction planned under the old name still lands on this room.
             conn.execute("UPDATE rooms SET name = ? WHERE name = ?", (new, old))
 
@@ -690,6 +779,7 @@ class SQLiteStore(Store):
             plan = await self._read(lambda conn: self._plan_compaction(conn, room))
             if plan is None:
                 return
+            generation = await self._write_parts(plan.room_id, plan.snapshot)
 
             def swap(conn: sqlite3.Connection) -> str | None:
                 """The room's name now (it may have been renamed meanwhile), None if deleted."""
@@ -699,9 +789,10 @@ class SQLiteStore(Store):
                 if found[0][0] != plan.base_seq:
                     raise CompactionError(f"room {room!r} was compacted by someone else meanwhile")
                 conn.execute(
-                    "UPDATE rooms SET snapshot = ?, snapshot_seq = ? WHERE id = ?",
-                    (plan.snapshot, plan.max_seq, plan.room_id),
+                    "UPDATE rooms SET snapshot = NULL, snapshot_generation = ?, snapshot_seq = ? WHERE id = ?",
+                    (generation, plan.max_seq, plan.room_id),
                 )
+                _drop_parts(conn, plan.room_id, keep=generation)
                 deleted = conn.execute(
                     "DELETE FROM updates WHERE room_id = ? AND seq <= ?", (plan.room_id, plan.max_seq)
                 ).rowcount
@@ -714,7 +805,16 @@ class SQLiteStore(Store):
                     rows, nbytes = self._log_sizes.get(name, (0, 0))
                     self._log_sizes[name] = (max(rows - plan.rows, 0), max(nbytes - plan.nbytes, 0))
 
-            await self._submit(swap, committed)
+            def drop_ours(conn: sqlite3.Connection) -> None:
+                conn.execute(
+                    "DELETE FROM snapshot_parts WHERE room_id = ? AND generation = ?", (plan.room_id, generation)
+                )
+
+            try:
+                await self._submit(swap, committed)
+            except BaseException:
+                await asyncio.shield(self._submit(drop_ours))  # the parts nobody will use
+                raise
 
     @staticmethod
     def _plan_compaction(conn: sqlite3.Connection, room: str) -> _CompactionPlan | None:
@@ -723,12 +823,13 @@ class SQLiteStore(Store):
             if not found:
                 return None
             room_id, snapshot, base_seq = found[0]
+            parts = _snapshot(conn, room_id)
             rows = conn.execute("SELECT seq, data FROM updates WHERE room_id = ? ORDER BY seq", (room_id,)).fetchall()
         if not rows:
             return None
         # The merge runs after the read transaction ends, so it does not pin the WAL meanwhile.
         updates = [data for _, data in rows]
-        merged = merge_log(([snapshot] if snapshot is not None else []) + updates)
+        merged = merge_pieces(parts + updates)
         return _CompactionPlan(
             room_id=room_id,
             base_seq=base_seq,
@@ -749,9 +850,10 @@ class SQLiteStore(Store):
                 found = conn.execute("SELECT id, snapshot FROM rooms WHERE name = ?", (room,)).fetchall()
                 if not found:
                     return []
-                room_id, snapshot = found[0]
+                room_id = found[0][0]
+                parts = _snapshot(conn, room_id)
                 rows = conn.execute("SELECT data FROM updates WHERE room_id = ? ORDER BY seq", (room_id,)).fetchall()
-            return ([snapshot] if snapshot is not None else []) + [data for (data,) in rows]
+            return parts + [data for (data,) in rows]
 
         return await self._read(read)
 
