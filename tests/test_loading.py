@@ -459,7 +459,7 @@ async def test_a_big_file_base_is_stored_in_parts_and_merges(big_root: Path, mon
     slots = []
     async with in_process(big_root, store, files=_quick_saves()) as daemon:
         async with daemon.rooms.hold("big.ipynb") as room:
-            room.served.set()  # as if a client had been served: the base is stored now
+            room.mark_served()  # as if a client had been served: the base is stored now
             files = daemon.extension(FileSyncExtension)
             assert files is not None
             sync = files.syncs["big.ipynb"]

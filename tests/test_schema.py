@@ -304,3 +304,22 @@ def test_kernel_busy_reads_the_state_map(doc: Doc, index: CellIndex) -> None:
     assert kernel_busy(doc)
     state_of(doc)["kernel_status"] = "idle"
     assert not kernel_busy(doc)
+
+
+def test_kept_shared_objects_carry_no_event_streams_and_still_observe_and_edit() -> None:
+    """Memory per open room: the index's cells and the root types drop pycrdt's eager
+    per-object event-stream sets; callbacks, reads and writes work as before."""
+    doc = Doc()
+    load_notebook(doc, {"cells": [{"cell_type": "code", "id": "a", "source": "1", "metadata": {}, "outputs": [], "execution_count": None}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    index = CellIndex(doc)
+    kept = [index.cells, index.meta, state_of(doc), index.get("a")]
+    assert all("_send_streams" not in vars(shared) for shared in kept)
+    seen: list[Any] = []
+    index.cells.observe_deep(lambda events: seen.append(len(events)))
+    cell = index.get("a")
+    assert cell is not None
+    with doc.transaction():
+        cell["execution_count"] = 3
+    assert seen and index.export()["cells"][0]["execution_count"] == 3
+    with pytest.raises(AttributeError):
+        index.cells.events()  # never used by the daemon: fails loudly, never shares state

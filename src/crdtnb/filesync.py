@@ -151,8 +151,13 @@ class FileSync:
             nb, stamp = await in_background(files.read, room.name)
             await sync._merge(nb, stamp)
         sync._first_check = asyncio.create_task(sync._check_unsaved(), name=f"filesync-check:{room.name}")
+        sync._first_check.add_done_callback(sync._first_check_done)
         sync._note_saved(stamp.mtime_ns / 1e9)
         return sync
+
+    def _first_check_done(self, task: asyncio.Task[None]) -> None:
+        if self._first_check is task:
+            self._first_check = None  # a finished task still holds its coroutine
 
     async def _check_unsaved(self) -> None:
         """Store the base if it is new, then ask for a save if the room holds something
@@ -420,6 +425,8 @@ class FileSync:
             counts[slot] = len(base)
             await self.store.set_meta(name, BASE_KEY, _BASE_PARTS + json.dumps({"slot": slot, "counts": counts}).encode())
         await self.store.set_meta(name, SHA_KEY, self.stamp.sha256.encode())
+        if self.base is base:
+            self.base = None  # kept in the store, not in every open room: a merge reads it back
 
     def _note_saved(self, when: float | None) -> None:
         self.saved_at = when

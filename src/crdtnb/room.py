@@ -42,6 +42,9 @@ from .store import Store
 
 logger = logging.getLogger("crdtnb.room")
 
+# The server's own origins by the hash pycrdt reports a transaction's origin as.
+_SERVER_ORIGINS: dict[int, Origin] = {hash(origin): origin for origin in SERVER_ORIGINS}
+
 
 class RejectedUpdate(ProtocolError):
     """An update pycrdt refused to apply."""
@@ -74,12 +77,16 @@ class Room:
         self.awareness = RoomAwareness(presence)
         self.peers: set[Peer] = set()
         self.hooks = hooks or Hooks()
-        self._origins: dict[int, Origin] = {hash(origin): origin for origin in SERVER_ORIGINS}
+        # Origins by the hash pycrdt hands back: this room's peers and remote daemons
+        # (the server's own are looked up in _SERVER_ORIGINS, shared by every room).
+        self._origins: dict[int, Origin] = {}
         self._peer_origins: dict[Peer, PeerOrigin] = {}
         # Captured transactions waiting to be stored: (update, origin, when captured,
         # relayed to its sender too).
         self._outbox: list[tuple[bytes, Origin, float, bool]] = []
-        self._wake = asyncio.Event()
+        # The pipeline's, while it waits for a change (a future per wait: an idle room
+        # holds no Event and its deque).
+        self._wake: asyncio.Future[None] | None = None
         self._enqueued = 0
         self._committed = 0
         # Callers of flushed() waiting for a count of committed changes, oldest first.
@@ -91,8 +98,9 @@ class Room:
         self.broken: str | None = None
         # Called once when the room breaks (RoomManager closes its peers and drops it).
         self.on_broken: Callable[[Room, str], None] | None = None
-        # Set once a peer has been sent the document: work left from loading waits for it.
-        self.served = asyncio.Event()
+        # Whether a peer has been sent the document: work left from loading waits for it.
+        self.served = False
+        self._served_waiters: list[asyncio.Future[None]] = []
 
     def start(self) -> None:
         self._pipeline = asyncio.create_task(self._run_pipeline(), name=f"room:{self.name}")
@@ -179,7 +187,28 @@ class Room:
             peer.send(encode_update(piece))
             await asyncio.sleep(0)  # each piece is a megabyte to copy: other rooms go between
         peer.send(encode_sync_step2(pieces[-1]))
-        self.served.set()
+        self.mark_served()
+
+    def mark_served(self) -> None:
+        self.served = True
+        waiters, self._served_waiters = self._served_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def first_served(self, timeout: float) -> None:
+        """Return once a peer has been sent the document, or after ``timeout`` seconds."""
+        if self.served:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._served_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if waiter in self._served_waiters:
+                self._served_waiters.remove(waiter)
 
     def on_update(self, peer: Peer, update: bytes) -> None:
         """Apply a peer's update, repair what it broke of the schema; the observer
@@ -254,10 +283,13 @@ class Room:
 
     def _capture(self, event: TransactionEvent) -> None:
         # pycrdt's TransactionEvent carries its transaction, whose origin is a hash.
-        origin = self._origins.get(cast(Any, event).transaction.origin(), SERVER)
+        key = cast(Any, event).transaction.origin()
+        origin = self._origins.get(key) or _SERVER_ORIGINS.get(key, SERVER)
         self._outbox.append((event.update, origin, time.monotonic(), False))
         self._enqueued += 1
-        self._wake.set()
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     async def flushed(self) -> None:
         """Return once every change captured so far is in the store (RoomBroken if it
@@ -272,8 +304,9 @@ class Room:
 
     async def _run_pipeline(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            if not self._outbox:
+                self._wake = asyncio.get_running_loop().create_future()
+                await self._wake
             batch, self._outbox = self._outbox, []
             if not batch:
                 continue

@@ -30,11 +30,18 @@ class _OpenRoom:
         self.holders = 0
         self.evict_timer: asyncio.TimerHandle | None = None
         # Work left from the load, done once the room is served (see _settle).
-        self.settling: asyncio.Task[None] = asyncio.create_task(_settle(room), name=f"settle:{room.name}")
+        self.settling: asyncio.Task[None] | None = asyncio.create_task(_settle(room), name=f"settle:{room.name}")
+        self.settling.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        if self.settling is task:
+            self.settling = None  # a finished task still holds its coroutine and result
 
     async def stop_settling(self) -> None:
-        self.settling.cancel()
-        await asyncio.gather(self.settling, return_exceptions=True)
+        task, self.settling = self.settling, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class _KeyedLocks:
@@ -284,15 +291,15 @@ class RoomManager:
 
 # Work left from loading a room waits until its first peer is served, or this long.
 SETTLE_AFTER = 1.0
+# Cells' exports are made ahead for rooms this big: a smaller room's take less than a
+# millisecond when asked for, and would cost every idle room memory.
+WARM_CELLS = 64
 
 
 async def served(room: Room) -> None:
     """Return once the room's first peer has been sent the document (at most SETTLE_AFTER
     seconds): what a load leaves for later must not delay that first answer."""
-    try:
-        await asyncio.wait_for(room.served.wait(), SETTLE_AFTER)
-    except asyncio.TimeoutError:
-        pass
+    await room.first_served(SETTLE_AFTER)
 
 
 async def _settle(room: Room) -> None:
@@ -302,7 +309,8 @@ async def _settle(room: Room) -> None:
     try:
         await served(room)
         await room.guard.ledger.catch_up()
-        await room.index.warm()
+        if len(room.index) >= WARM_CELLS:
+            await room.index.warm()
     except asyncio.CancelledError:
         raise
     except Exception:
