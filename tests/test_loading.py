@@ -24,7 +24,7 @@ from crdtnb.pieces import decode_state_vector, diff_in_pieces, pack, unpack
 from crdtnb.room import Room
 from crdtnb.rooms import _build_document
 from crdtnb.store import SQLiteStore
-from crdtnb.store.merge import merge_log
+from crdtnb.store.merge import merge_log, merge_pieces
 
 from .conftest import in_process
 from .test_ipynb import notebooks
@@ -500,3 +500,29 @@ async def test_parts_of_a_snapshot_never_switched_to_are_dropped(tmp_path: Path)
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT count(*) FROM snapshot_parts WHERE data LIKE 'never%'").fetchone()[0] == 0
     conn.close()
+
+
+@pytest.mark.parametrize("piece_bytes", [1000, 10_000, 1 << 20])
+def test_a_long_log_of_small_edits_merges_into_the_same_document(piece_bytes: int) -> None:
+    """A busy room's log (thousands of one-key edits and a text typed a character at a
+    time) is merged a few dozen updates per call; whatever the piece size, the pieces
+    rebuild the very document and leave the overwritten values out."""
+    doc: Doc = Doc()
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    entries, text = doc.get("bench", type=Map), doc.get("typed", type=Text)
+    for i in range(3000):
+        with doc.transaction():
+            entries[f"w{i % 3}"] = f"value {i}"
+            text += "ab"[i % 2]
+    pieces = merge_pieces(updates, piece_bytes)
+    rebuilt: Doc = Doc()
+    for piece in reversed(pieces):  # in any order
+        rebuilt.apply_update(piece)
+    assert decode_state_vector(rebuilt.get_state()) == decode_state_vector(doc.get_state())
+    assert rebuilt.get("bench", type=Map).to_py() == {"w0": "value 2997", "w1": "value 2998", "w2": "value 2999"}
+    assert str(rebuilt.get("typed", type=Text)) == "ab" * 1500
+    if piece_bytes == 1 << 20:
+        assert len(pieces) == 1 and len(pieces[0]) < sum(map(len, updates)) / 2  # overwritten values are gone
+    else:
+        assert len(pieces) > 1

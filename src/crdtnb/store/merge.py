@@ -96,19 +96,28 @@ def _in_pieces(updates: list[bytes], deletions: bytes, piece_bytes: int) -> list
     for update in updates:
         group.append(update)
         size += len(update)
+        if len(group) >= APPLY_GROUP:
+            _apply_group(doc, group)
+            group = []
         if size >= piece_bytes:
             _apply_group(doc, group)
             pieces.append(doc.get_update(since))
             since = doc.get_state()
             group, size = [], 0
     _apply_group(doc, group)
-    if group or not pieces:
+    if size or not pieces:
         pieces.append(doc.get_update(since))
     return pieces
 
 
+# Small updates are applied this many at a time: each call also retries the pending
+# delete set, so one call per update costs more in all; but merging many in one call
+# grows faster than linearly and holds the GIL throughout (6000 one-key updates: one
+# call of 165 ms; groups of 64: 8 ms in all, no call over 0.2 ms).
+APPLY_GROUP = 64
+
+
 def _apply_group(doc: Doc[Any], group: list[bytes]) -> None:
-    # One call for many small updates: each call also retries the pending delete set.
     if len(group) > 1:
         doc.apply_update(merge_updates(*group))
     elif group:
