@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", default="", help='fan-out points instead of the mode\'s, e.g. "10:10,1000;500:200" (clients:rates;...)')
     parser.add_argument("--rooms", type=int, default=0, help="rooms in the many-rooms test (default 1000, quick 20)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to separate CPUs")
-    parser.add_argument("--merge", action="store_true", help="keep OUT/results.json and replace only the scenarios run now (e.g. re-run --only flood)")
+    parser.add_argument("--merge", action="store_true", help="keep OUT/results.json and replace only what runs now: the scenarios of --only, for the servers of --kinds (e.g. re-run --only fanout --kinds crdtnb)")
     parser.add_argument("--update-readme", action="store_true", help="write the tables into bench/README.md and copy the plot to bench/fanout.png")
     args = parser.parse_args(argv)
 
@@ -260,9 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge and (out / "results.json").exists():
         previous = json.loads((out / "results.json").read_text())
         for section in only:
-            previous.pop(section, None)
-            if section == "fanout":
-                previous.pop("fanout_node", None)
+            for name in (section, "fanout_node") if section == "fanout" else (section,):
+                # Only the servers run now are replaced: their entries are keyed "kind" or
+                # "kind/clients"; the other servers' figures stay.
+                kept = {key: value for key, value in previous.pop(name, {}).items() if key.split("/")[0] not in kinds}
+                if kept and section != "cluster":
+                    previous[name] = kept
         previous.setdefault("reruns", []).append({"scenarios": only, "machine": results["machine"]})
         results = previous
     t0 = time.monotonic()

@@ -437,3 +437,23 @@ async def test_a_failing_hook_harms_neither_the_room_nor_the_other_hooks(store: 
         assert len(recorder.of(PeerJoined)) == 2 and len(recorder.of(ChangesDurable)) == 1
     finally:
         await room.close()
+
+
+async def test_a_batch_committed_together_reaches_each_peer_as_one_merged_message(room: Room) -> None:
+    """Updates committed in one batch (they arrived while the store was busy) are relayed
+    as one message per run of one sender: fewer frames as the load rises, and every peer
+    ends with the room's document."""
+    alice, bob, carol = Peer(), Peer(), Peer()
+    for peer, user in ((alice, ALICE), (bob, BOB), (carol, None)):
+        room.join(peer, user)
+    alices, bobs, carols = _replica(room), _replica(room), _replica(room)
+    for text in ("x", "y", "z"):  # all applied before the pipeline runs: one batch
+        room.on_update(alice, _type_into(alices, text))
+    for text in ("1", "2"):
+        room.on_update(bob, _type_into(bobs, text, position=1))
+    await room.flushed()
+    assert (len(alice.updates()), len(bob.updates()), len(carol.updates())) == (1, 1, 2)
+    for peer, replica in ((alice, alices), (bob, bobs), (carol, carols)):
+        for update in peer.updates():
+            replica.apply_update(update)
+        assert (str(_source(replica)), str(_source(replica, 1))) == ("a = 1xyz", "b = 212")

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any, cast
 
@@ -53,6 +53,33 @@ class RejectedUpdate(ProtocolError):
 class RoomBroken(RuntimeError):
     """The room's changes cannot be made durable (the store is unreachable, or the owner's
     work was refused because this daemon lost the room): nothing more is relayed."""
+
+
+# Updates merged into one relayed message at most: merging grows faster than linearly
+# and runs on the loop (64 one-key updates: 0.15 ms; a thousand: 6 ms).
+MERGED_RUN = 64
+
+
+def _relayed(batch: list[tuple[bytes, Origin, float, bool]]) -> Iterator[tuple[bytes, Peer | None]]:
+    """A committed batch as few messages as it can be: each run of consecutive updates
+    from one sender merged into one update, with the peer it is not sent back to (None:
+    everyone). Under load a batch holds many updates, and every peer then gets one frame
+    for all of them: the cost per delivery falls as the load rises."""
+    run: list[bytes] = []
+    run_sender: Peer | None = None
+    for update, origin, _, to_sender in batch:
+        sender = origin.peer if isinstance(origin, PeerOrigin) and not to_sender else None
+        if run and (sender is not run_sender or len(run) == MERGED_RUN):
+            yield _merged(run), run_sender
+            run = []
+        run.append(update)
+        run_sender = sender
+    if run:
+        yield _merged(run), run_sender
+
+
+def _merged(updates: list[bytes]) -> bytes:
+    return updates[0] if len(updates) == 1 else merge_updates(*updates)
 
 
 class Room:
@@ -319,8 +346,7 @@ class Room:
             self._committed += len(batch)
             if self._flush_waiters:
                 self._wake_waiters()
-            for update, origin, _, to_sender in batch:
-                sender = origin.peer if isinstance(origin, PeerOrigin) and not to_sender else None
+            for update, sender in _relayed(batch):
                 self.broadcast(encode_update(update), exclude=sender)
             if self.hooks.wants("on_changes_durable"):
                 changes = tuple(Change(update, origin, received, durable) for update, origin, received, _ in batch)
