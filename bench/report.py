@@ -396,30 +396,25 @@ def cluster_section(cl: dict) -> list[str]:
     L = ["### Cluster: one node against two, one Redis", ""]
     L.append("Many rooms: every client of every room writes probes at the rate, the clients of a room spread over the nodes; latency from send to receipt on another client. One big room: its clients split over the nodes, one writer. Failover: three nodes with the room open on each, the owner killed with SIGKILL, time until another node holds the room's lease. CPU: every node plus redis-server. Nodes pinned to separate CPUs where there are enough; Redis and the clients run where the OS puts them.")
     L.append("")
-    rows = []
-    for nodes in (1, 2):
-        r = cl.get(f"rooms/{nodes}")
-        if not r:
-            continue
-        if "error" in r:
-            rows.append(error_row(f"{nodes} node(s)", r["error"], 9))
-            continue
-        for rate, d in r["rates"].items():
-            rows.append([str(nodes), f(r["rooms"]), f(r["clients_per_room"]), rate, f(d["offered_updates_per_s"], 0),
-                         f(d["delivered_per_s"], 0), f"{d['delivered']:,} of {d['expected']:,}", f(d["p50_ms"]), f(d["p99_ms"]), f(d["cpu_util"])])
-    if rows:
-        L += table(["nodes", "rooms", "clients/room", "rate /s", "offered updates/s", "deliveries/s", "delivered", "p50 ms", "p99 ms", "CPU (cores)"], rows)
-    rows = []
-    for nodes in (1, 2):
-        r = cl.get(f"big_room/{nodes}")
-        if not r:
-            continue
-        if "error" in r:
-            rows.append(error_row(f"{nodes} node(s)", r["error"], 7))
-            continue
-        rows.append([str(nodes), f(r["clients"]), f(r["rate"], 0), f"{r['delivered']:,} of {r['expected']:,}", f(r["p50_ms"]), f(r["p99_ms"]), f(r["cpu_ms_per_1000"], 0)])
-    if rows:
-        L += table(["nodes", "clients", "rate /s", "delivered", "p50 ms", "p99 ms", "CPU ms per 1000 deliveries"], rows)
+    def rooms_rows(nodes: int, r: dict) -> list[list[str]]:
+        return [[str(nodes), f(r["rooms"]), f(r["clients_per_room"]), rate, f(d["offered_updates_per_s"], 0),
+                 f(d["delivered_per_s"], 0), f"{d['delivered']:,} of {d['expected']:,}", f(d["p50_ms"]), f(d["p99_ms"]), f(d["cpu_util"])]
+                for rate, d in r["rates"].items()]
+
+    def big_room_rows(nodes: int, r: dict) -> list[list[str]]:
+        return [[str(nodes), f(r["clients"]), f(r["rate"], 0), f"{r['delivered']:,} of {r['expected']:,}", f(r["p50_ms"]), f(r["p99_ms"]), f(r["cpu_ms_per_1000"], 0)]]
+
+    for name, header, make_rows in (
+        ("rooms", ["nodes", "rooms", "clients/room", "rate /s", "offered updates/s", "deliveries/s", "delivered", "p50 ms", "p99 ms", "CPU (cores)"], rooms_rows),
+        ("big_room", ["nodes", "clients", "rate /s", "delivered", "p50 ms", "p99 ms", "CPU ms per 1000 deliveries"], big_room_rows),
+    ):
+        rows = []
+        for nodes in (1, 2):
+            r = cl.get(f"{name}/{nodes}")
+            if r:
+                rows += [error_row(f"{nodes} node(s)", r["error"], len(header))] if "error" in r else make_rows(nodes, r)
+        if rows:
+            L += table(header, rows)
     fo = cl.get("failover")
     if fo:
         if "error" in fo:

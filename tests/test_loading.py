@@ -21,6 +21,7 @@ from pycrdt import Array, Doc, Map, Text
 from crdtnb.filesync import BASE_KEY, FileSyncExtension
 from crdtnb.notebook import export_notebook, load_notebook, new_cell_map, notebook_pieces
 from crdtnb.pieces import decode_state_vector, diff_in_pieces, pack, unpack
+from crdtnb.protocol import SyncStep2, SyncUpdate, parse_message
 from crdtnb.room import Room
 from crdtnb.rooms import _build_document
 from crdtnb.store import SQLiteStore
@@ -347,15 +348,10 @@ async def test_a_big_notebook_is_seeded_served_and_reloaded_in_pieces(big_root: 
 
 
 def _body(message: bytes) -> bytes:
-    """The payload of a y-websocket sync message (a varint length, then the bytes)."""
-    at, length, shift = 2, 0, 0
-    while True:
-        byte = message[at]
-        at += 1
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return message[at : at + length]
+    """The update a y-websocket sync message carries (step 2 or update)."""
+    parsed = parse_message(message)
+    assert isinstance(parsed, (SyncStep2, SyncUpdate))
+    return parsed.update
 
 
 async def test_what_the_file_lacks_is_saved_once_the_room_is_open(tmp_path: Path) -> None:

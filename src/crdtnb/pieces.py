@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from pycrdt import Decoder, Doc
 
@@ -119,22 +119,15 @@ def unpack(blob: bytes) -> list[bytes]:
     """The updates of a blob made by ``pack`` (a plain update: itself)."""
     if not blob.startswith(_PACKED):
         return [blob]
+    # pycrdt's Decoder reads length-prefixed messages; over a memoryview, nothing is copied
+    # but the pieces themselves.
+    reader = Decoder(cast(bytes, memoryview(blob)[len(_PACKED) :]))
     pieces = []
-    view = memoryview(blob)
-    at = len(_PACKED)
-    while at < len(blob):
-        length = shift = 0
-        while True:
-            byte = blob[at]
-            at += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        if at + length > len(blob):
+    while reader.length > 0:
+        piece = reader.read_message()
+        if piece is None or reader.length < 0:
             raise ValueError("a packed update is cut short")
-        pieces.append(bytes(view[at : at + length]))
-        at += length
+        pieces.append(bytes(piece))
     return pieces
 
 
