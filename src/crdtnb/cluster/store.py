@@ -194,9 +194,7 @@ class RedisStore:
         self._check()
         if not updates:
             return
-        holder = self.leases.holder(room)
-        if holder is None:
-            raise NotOwner(f"{self.node} holds no lease on {room}")
+        holder = self._lease_on(room)
         keys = RoomKeys(room)
         try:
             with unavailable_as_store_errors():
@@ -242,9 +240,7 @@ class RedisStore:
     async def compact(self, room: str) -> None:
         """Merge the room's snapshot and stream into a new snapshot (the owner's work)."""
         self._check()
-        holder = self.leases.holder(room)
-        if holder is None:
-            raise NotOwner(f"{self.node} holds no lease on {room}")
+        holder = self._lease_on(room)
         keys = RoomKeys(room)
         snapshot, snapshot_id, entries = await self._load(keys=[keys.snapshot, keys.log])
         if not entries:
@@ -286,11 +282,17 @@ class RedisStore:
             value = await self.redis.hget(RoomKeys(room).meta, key)
         return None if value is None else value.encode() if isinstance(value, str) else bytes(value)
 
-    async def set_meta(self, room: str, key: str, value: bytes) -> None:
-        self._check()
+    def _lease_on(self, room: str) -> str:
+        """This node's lease on ``room``, which the scripts compare inside Redis (NotOwner
+        when it holds none)."""
         holder = self.leases.holder(room)
         if holder is None:
             raise NotOwner(f"{self.node} holds no lease on {room}")
+        return holder
+
+    async def set_meta(self, room: str, key: str, value: bytes) -> None:
+        self._check()
+        holder = self._lease_on(room)
         keys = RoomKeys(room)
         try:
             with unavailable_as_store_errors():
