@@ -3,6 +3,8 @@ hidden and odd spellings refused, atomic writes that never replace an unseen cha
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import unicodedata
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from crdtnb.files import FileChanged, NotebookFiles, NotebookNotFound, PathError
+from crdtnb.files import READ_CHUNK, FileChanged, NotebookFiles, NotebookNotFound, PathError
 
 from .conftest import write_notebook
 
@@ -138,3 +140,20 @@ def test_writing_what_the_file_holds_leaves_it_alone(files: NotebookFiles) -> No
     first = files.write("intro.ipynb", nb, stamp)
     assert files.write("intro.ipynb", nb, first) == first
     assert (files.root / "intro.ipynb").stat().st_mtime_ns == first.mtime_ns
+
+
+def test_a_big_file_is_read_whole_and_hashed_in_chunks(files: NotebookFiles) -> None:
+    """Files above READ_CHUNK are read a chunk at a time (each read short enough for the
+    kernel to let the event loop in): the bytes and the hash are still the file's, and
+    a character cut by a chunk's end is read whole."""
+    cells = [nbformat.v4.new_code_cell(f"print('é∑ 😀 {i}')", outputs=[nbformat.v4.new_output("stream", text="ü" * 7001)]) for i in range(400)]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    path = Path(files.root) / "big.ipynb"
+    nbformat.write(nb, str(path))
+    raw = path.read_bytes()
+    assert len(raw) > 3 * READ_CHUNK
+    data, stamp = files.read_bytes("big.ipynb")
+    assert bytes(data) == raw
+    assert stamp.sha256 == hashlib.sha256(raw).hexdigest() and stamp.size == len(raw)
+    read, _ = files.read("big.ipynb")
+    assert read == json.loads(json.dumps(nbformat.reads(raw.decode(), as_version=4)))

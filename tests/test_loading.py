@@ -10,6 +10,7 @@ import asyncio
 import copy
 import json
 import random
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from pycrdt import Array, Doc, Map, Text
 
 from crdtnb.filesync import BASE_KEY, FileSyncExtension
 from crdtnb.notebook import export_notebook, load_notebook, new_cell_map, notebook_pieces
-from crdtnb.pieces import decode_state_vector, diff_in_pieces, pack, unpack
+from crdtnb.pieces import decode_state_vector, diff_in_pieces, from_rows, pack, to_rows, unpack
 from crdtnb.protocol import SyncStep2, SyncUpdate, parse_message
 from crdtnb.room import Room
 from crdtnb.rooms import _build_document
@@ -408,7 +409,6 @@ async def test_a_file_broken_while_the_room_was_closed_refuses_it(tmp_path: Path
 async def test_a_database_from_before_snapshot_parts_is_migrated_and_loads(tmp_path: Path) -> None:
     """Schema 1 kept a snapshot as one blob in rooms.snapshot: it still loads, and the
     next compaction writes parts."""
-    import sqlite3
 
     doc = applied(notebook_pieces(big_notebook(cells=4)))
     path = tmp_path / "old.sqlite3"
@@ -451,6 +451,7 @@ async def test_a_big_file_base_is_stored_in_parts_and_merges(big_root: Path, mon
     from crdtnb.filesync import _BASE_PARTS
 
     monkeypatch.setattr("crdtnb.notebook.PIECE_BYTES", 20_000)
+    monkeypatch.setattr("crdtnb.pieces.ROW_BYTES", 6_000)  # a piece is stored as several rows
     store = SQLiteStore(big_root.parent / "state.sqlite3")
     slots = []
     async with in_process(big_root, store, files=_quick_saves()) as daemon:
@@ -469,6 +470,9 @@ async def test_a_big_file_base_is_stored_in_parts_and_merges(big_root: Path, mon
                 assert where is not None and where.startswith(_BASE_PARTS)
                 slots.append(json.loads(where[len(_BASE_PARTS) :])["slot"])
     assert slots[0] != slots[1] != slots[2]
+    conn = sqlite3.connect(big_root.parent / "state.sqlite3")
+    assert conn.execute("SELECT max(length(value)) FROM meta").fetchone()[0] <= 6_000 + 32
+    conn.close()
     on_disk = json.loads((big_root / "big.ipynb").read_text())
     assert "".join(on_disk["cells"][0]["source"]).endswith("# third\n")
     on_disk["cells"][5]["source"] = "changed while the daemon was down\n"
@@ -480,10 +484,36 @@ async def test_a_big_file_base_is_stored_in_parts_and_merges(big_root: Path, mon
             assert exported["cells"][0]["source"].endswith("# first\n# second\n# third\n")
 
 
+async def test_a_snapshot_is_stored_in_rows_of_bounded_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's writer commits a big write alone, so another room's append waits for
+    one row at most: a piece of a snapshot is written as rows of at most ROW_BYTES, and
+    read back whole."""
+    monkeypatch.setattr("crdtnb.pieces.ROW_BYTES", 6_000)
+    pieces = diff_in_pieces(applied(notebook_pieces(big_notebook(cells=8), piece_bytes=20_000)))
+    assert len(pieces) > 1 and max(map(len, pieces)) > 3 * 6_000
+    path = tmp_path / "db.sqlite3"
+    async with SQLiteStore(path) as store:
+        assert await store.seed("r.ipynb", pieces)
+        assert await store.load("r.ipynb") == pieces
+    conn = sqlite3.connect(path)
+    rows, longest = conn.execute("SELECT count(*), max(length(data)) FROM snapshot_parts").fetchone()
+    conn.close()
+    assert rows > 3 * len(pieces) and longest <= 6_000 + 32
+    async with SQLiteStore(path) as store:
+        assert await store.load("r.ipynb") == pieces
+
+
+def test_rows_give_back_the_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("crdtnb.pieces.ROW_BYTES", 4)
+    pieces = [b"\x01" * 10, b"", b"\x02" * 25, b"\x03"]
+    rows = list(to_rows(pieces))
+    assert len(rows) == 3 + 1 + 7 + 1 and max(map(len, rows)) <= 4 + 32
+    assert from_rows(rows) == pieces and from_rows(pieces) == pieces
+
+
 async def test_parts_of_a_snapshot_never_switched_to_are_dropped(tmp_path: Path) -> None:
     """A snapshot's parts are written a transaction each, then switched to: parts left by
     a daemon that stopped in between are not the room's, and go at the next start."""
-    import sqlite3
 
     doc = applied(notebook_pieces(big_notebook(cells=4)))
     path = tmp_path / "db.sqlite3"

@@ -341,6 +341,37 @@ async def test_writer_errors_reach_their_caller_and_writer_survives(tmp_path: Pa
             await store.append("", [updates[0]])
 
 
+async def test_a_big_write_commits_alone_so_small_ones_do_not_wait_for_it(tmp_path: Path) -> None:
+    """A room storing megabytes (a snapshot part, a file's base) must not hold up another
+    room's append: an append queued behind a big write is not put in its transaction."""
+    _, updates = text_updates(2)
+    async with SQLiteStore(tmp_path / "db.sqlite3") as store:
+        gate, holding = threading.Event(), threading.Event()
+
+        def hold(conn: object) -> None:
+            holding.set()
+            gate.wait(30)
+
+        holder = store._writer.submit(hold)
+        try:
+            await asyncio.to_thread(holding.wait, 10)
+            commits_before = store.commits
+            # Queued in this order while the writer is busy: one transaction each, not one for all.
+            jobs = [
+                asyncio.create_task(store.append("small", [updates[0]])),
+                asyncio.create_task(store.set_meta("big", "base", b"x" * (2 << 20))),
+                asyncio.create_task(store.append("small", [updates[1]])),
+            ]
+            while store._writer._queue.qsize() < len(jobs):
+                await asyncio.sleep(0.005)
+        finally:
+            gate.set()
+        await holder
+        await asyncio.gather(*jobs)
+        assert store.commits - commits_before == 1 + 3, "hold's own commit, then the append, the big write, the append"
+        assert await store.load("small") == updates
+
+
 async def test_close_flushes_pending_appends_and_later_calls_fail(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
     _, updates = text_updates(300)

@@ -164,6 +164,9 @@ def _loopmon(server: servers.Server) -> None:
         cmd[1:3] = [str(HERE / "serve_loopmon.py")]
         env["LOOPMON_MS"] = str(args_stall_ms)
         env["LOOPMON_GC"] = "1"
+        for key in ("LOOPMON_THREADS", "LOOPMON_STACKS", "LOOPMON_APPEND_MS", "LOOPMON_SWITCH", "LOOPMON_GILWATCH"):
+            if os.environ.get(key):
+                env[key] = os.environ[key]
         return cmd, env
 
     server.command = command  # type: ignore[method-assign]
@@ -226,7 +229,14 @@ async def block(args: argparse.Namespace) -> None:
                 collections = [
                     float(m.group(2)) for m in re.finditer(r"GC2 (\S+) (\S+) (\S+) (\S+)", log.read_text()) if t0 - 0.01 <= float(m.group(4)) <= t1
                 ]
+            for m in re.finditer(r"(THREADS|BG|STACK|APPEND|SAVE|WRITE|BATCH|GILWAIT) (\S+) (.*)", log.read_text()):
+                if t0 - 0.01 <= float(m.group(2)) <= t1:
+                    print(f"    {m.group(1)} {float(m.group(2)) - t0:7.3f} {m.group(3)}")
             worst = sorted(during)[-5:]
+            if os.environ.get("LOOPMON_THREADS"):
+                print(f"    {len(latencies)} probes in all, received {min(latencies, default=(0, 0))[0] - t0:.3f} .. {max(latencies, default=(0, 0))[0] - t0:.3f} s")
+                late = sorted((ms, received - t0) for received, ms in latencies if t0 - 0.01 <= received <= t1)[-6:]
+                print("    worst probes (ms, received at s):", [(round(ms, 1), round(at, 3)) for ms, at in late])
             print(
                 f"rep {rep}, {size / MB:.0f} MiB from {how}: synced in {timing['synced_ms']:,.0f} ms; other room during it: "
                 f"{len(during)} probes, max {max(during, default=0):.1f} ms, worst {[round(w, 1) for w in worst]}; "

@@ -37,7 +37,7 @@ from starlette.routing import BaseRoute
 
 from . import ipynb
 from .auth import Action
-from .background import in_background
+from .background import in_background, let_go
 from .extensions import (
     ChangesDurable,
     DaemonStarted,
@@ -54,11 +54,11 @@ from .extensions import (
     RoomUnloaded,
     RoomUnloading,
 )
-from .files import FileChanged, FileStamp, InvalidNotebook, NotebookFiles, NotebookNotFound, PathError
+from .files import FileChanged, FileStamp, InvalidNotebook, NotebookFiles, NotebookNotFound, PathError, release
 from .merge import merge_disk_changes_in_pieces
 from .notebook import canonical_notebook, notebook_pieces
 from .origins import FILE
-from .pieces import diff_in_pieces, diff_plan, unpack
+from .pieces import ROW_BYTES, diff_in_pieces, diff_plan, from_rows, to_rows, unpack
 from .room import Room
 from .rooms import served
 from .schema import FILE_ERROR, SAVED_AT, kernel_busy, state_of
@@ -167,8 +167,7 @@ class FileSync:
             async with self._lock:
                 if self._base_unstored:  # a save or merge since has stored a newer one
                     await self._remember_base()
-            nb, _ = await in_background(self.files.read, self.room.name)
-            if not await in_background(_same_notebook, self.room.index.export(), nb):
+            if not await in_background(_file_matches, self.files, self.room.name, self.room.index.export()):
                 self._own_state = None  # not only our own note of the last save
                 self.changed()
         except asyncio.CancelledError:
@@ -400,7 +399,7 @@ class FileSync:
         parts = [await self.store.get_meta(name, _part_key(where["slot"], n)) for n in range(where["counts"][where["slot"]])]
         if any(part is None for part in parts):
             raise RuntimeError(f"the file base of {name} misses parts")
-        return [part for part in parts if part is not None]
+        return from_rows([part for part in parts if part is not None])
 
     async def _remember_base(self) -> None:
         """Store the base, then the file's hash (in that order: a hash stored with an older
@@ -408,21 +407,23 @@ class FileSync:
         assert self.base is not None
         self._base_unstored = False
         name, base = self.room.name, self.base
-        if len(base) == 1:
+        if len(base) == 1 and len(base[0]) <= ROW_BYTES:
             await self.store.set_meta(name, BASE_KEY, base[0])
         else:
-            # A big base in parts of about a megabyte (one blob would be copied whole, by
+            # A big base in rows of at most ROW_BYTES (one blob would be copied whole, by
             # calls that hold the GIL), each its own write (others' appends go between):
             # written where the current base is not, then switched to.
             current = await self.store.get_meta(name, BASE_KEY)
             where = json.loads(current[len(_BASE_PARTS) :]) if current and current.startswith(_BASE_PARTS) else None
             slot = 1 - where["slot"] if where else 0
             counts = where["counts"] if where else [0, 0]
-            for number, part in enumerate(base):
-                await self.store.set_meta(name, _part_key(slot, number), part)
-            for number in range(len(base), counts[slot]):
+            written = 0
+            for row in to_rows(base):
+                await self.store.set_meta(name, _part_key(slot, written), row)
+                written += 1
+            for number in range(written, counts[slot]):
                 await self.store.set_meta(name, _part_key(slot, number), b"")
-            counts[slot] = len(base)
+            counts[slot] = written
             await self.store.set_meta(name, BASE_KEY, _BASE_PARTS + json.dumps({"slot": slot, "counts": counts}).encode())
         await self.store.set_meta(name, SHA_KEY, self.stamp.sha256.encode())
         if self.base is base:
@@ -473,10 +474,42 @@ def _same_notebook(exported: dict[str, Any], nb: dict[str, Any]) -> bool:
     """Whether the export equals the notebook, compared a cell at a time (one comparison
     of two big notebooks would hold the GIL for its whole length)."""
     theirs = canonical_notebook(nb)
-    if {k: v for k, v in exported.items() if k != "cells"} != {k: v for k, v in theirs.items() if k != "cells"}:
-        return False
-    mine, other = exported["cells"], theirs["cells"]
-    return len(mine) == len(other) and all(a == b for a, b in zip(mine, other))
+    try:
+        if {k: v for k, v in exported.items() if k != "cells"} != {k: v for k, v in theirs.items() if k != "cells"}:
+            return False
+        mine, other = exported["cells"], theirs["cells"]
+        return len(mine) == len(other) and all(a == b for a, b in zip(mine, other))
+    finally:
+        let_go(theirs)
+
+
+def _file_matches(files: NotebookFiles, name: str, exported: dict[str, Any]) -> bool:
+    """Whether the file holds the export (on a worker thread: what it reads dies there)."""
+    nb, _ = files.read(name)
+    try:
+        return _same_notebook(exported, nb)
+    finally:
+        let_go(nb)
+
+
+def _read_into(files: NotebookFiles, name: str, doc: Doc | None, known_sha: str | None) -> FileStamp:
+    """Check the file of a room being opened and, given the room's empty ``doc``, load
+    it there; a file whose hash is ``known_sha`` (it was valid when stored) is not parsed
+    again. On a worker thread: the bytes and the notebook, tens of megabytes for a big
+    one, are freed there, a piece at a time, not on the loop."""
+    data, stamp = files.read_bytes(name)
+    try:
+        if doc is None and known_sha == stamp.sha256:
+            return stamp
+        nb = files.parse(name, data)
+    finally:
+        release(data)
+    try:
+        if doc is not None:
+            _load_in_pieces(doc, nb)
+    finally:
+        let_go(nb)
+    return stamp
 
 
 class FileSyncExtension(Extension):
@@ -528,14 +561,11 @@ class FileSyncExtension(Extension):
         it (raises). The file this room last read or wrote (its hash is in the store) was
         valid then: its bytes are only hashed, not parsed again."""
         assert self._files is not None and self._store is not None, "the daemon has not started"
-        data, stamp = await in_background(self._files.read_bytes, event.name)
         if event.from_store:
             known = await self._store.get_meta(event.name, SHA_KEY)
-            if known is None or known.decode() != stamp.sha256:
-                await in_background(self._files.parse, event.name, data)
+            stamp = await in_background(_read_into, self._files, event.name, None, known.decode() if known else None)
         else:
-            nb = await in_background(self._files.parse, event.name, data)
-            await in_background(_load_in_pieces, event.doc, nb)
+            stamp = await in_background(_read_into, self._files, event.name, event.doc, None)
         self._loaded[event.name] = stamp
 
     async def on_room_owned(self, event: RoomOwned) -> None:
@@ -548,7 +578,7 @@ class FileSyncExtension(Extension):
         if loaded is not None and loaded.same_stat(await asyncio.to_thread(os.stat, self._files.locate(room.name))):
             stamp = loaded
         else:
-            _, stamp = await in_background(self._files.read_bytes, room.name)
+            stamp = await in_background(self._files.read_stamp, room.name)
         sync = await FileSync.open(room, self._files, self._store, stamp, self.settings)
         sync.start()
         self.syncs[room.name] = sync

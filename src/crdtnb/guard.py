@@ -22,26 +22,32 @@ are valid), so their cost is that of the change, not of the notebook.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from pycrdt import Array, ArrayEvent, Doc, Map, MapEvent, Text
 
 from .notebook import CELL_ID, CELL_TYPES, MIN_NBFORMAT_MINOR, OUTPUT_TYPES, canonical_output, fresh_id
 from .origins import REPAIR
 from .schema import EXECUTION_STATE, SERVER_STATE_KEYS, CellEntry, CellIndex, meta_of, state_of
+from .slices import SLICE_SECONDS, in_slices
 
 logger = logging.getLogger("crdtnb.guard")
+T = TypeVar("T")
 
 EXECUTION_STATES = ("idle", "running")
 _SCALARS = (str, int, float, bool, type(None))
+
+
+def _drain(items: list[T]) -> Iterator[T]:
+    """The items of a list, taken from its end one at a time (others may be added meanwhile)."""
+    while items:
+        yield items.pop()
 
 
 def _fingerprint(output: dict[str, Any]) -> bytes:
@@ -72,15 +78,11 @@ class OutputLedger:
         latest when first needed."""
         self._later.extend(cells)
 
-    async def catch_up(self, slice_seconds: float = 0.002) -> None:
+    async def catch_up(self, slice_seconds: float = SLICE_SECONDS) -> None:
         """Fingerprint what ``record_later`` left, yielding to the event loop every
         few milliseconds."""
-        deadline = time.perf_counter() + slice_seconds
-        while self._later:
-            self.record(self._later.pop())
-            if time.perf_counter() > deadline:
-                await asyncio.sleep(0)
-                deadline = time.perf_counter() + slice_seconds
+        async for cell in in_slices(_drain(self._later), slice_seconds):
+            self.record(cell)
 
     def _caught_up(self) -> None:
         while self._later:

@@ -57,7 +57,7 @@ _TRANSIENT_METADATA = frozenset({"orig_nbformat", "orig_nbformat_minor", "signat
 WINDOW_BYTES = 1 << 20  # a file's text is decoded this much at a time (more for a longer value)
 
 
-def parse(data: bytes) -> dict[str, Any]:
+def parse(data: bytes | memoryview) -> dict[str, Any]:
     """The notebook in ``data`` (an .ipynb file's bytes) as nbformat v4 in plain dicts:
     what ``nbformat.reads(data.decode(), as_version=4)`` gives once ``nbformat.validate``
     accepts it. Raises what nbformat raises for a file it refuses."""
@@ -71,7 +71,7 @@ def parse(data: bytes) -> dict[str, Any]:
                 return fast
     except Exception:
         pass  # nbformat decides, and says why
-    node = nbformat.reads(data.decode("utf-8"), as_version=4)
+    node = nbformat.reads(str(data, "utf-8"), as_version=4)
     nbformat.validate(node)
     plain: dict[str, Any] = json.loads(json.dumps(node))
     return plain
@@ -107,7 +107,7 @@ class _Reader:
     50 MB allocation made and filled by one call that holds the GIL all along. A value
     that does not end inside the window is read again from a window twice as long."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = data
         self.view = memoryview(data)
         self.text = ""
@@ -171,7 +171,7 @@ class _Reader:
             return value
 
 
-def _loads(data: bytes) -> Any:
+def _loads(data: bytes | memoryview) -> Any:
     """json.loads(data.decode()), with the top object and its "cells" array read member by
     member (one C call per cell rather than one for the whole file)."""
     reader = _Reader(data)

@@ -13,9 +13,7 @@ exporting a notebook costs only the cells that changed since the last export.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -23,6 +21,7 @@ from typing import Any, TypeVar, cast
 from pycrdt import Array, ArrayEvent, Doc, Map, MapEvent
 
 from .notebook import CELL_ID, canonical_cell, canonical_meta, dedupe_cells, loads_doc_json
+from .slices import SLICE_SECONDS, in_slices
 
 CELLS = "cells"
 META = "meta"
@@ -283,16 +282,12 @@ class CellIndex:
         meta = _compact(self._meta())
         return ('{"cells":[' + ",".join(texts) + "]," + meta[1:]).encode("utf-8")
 
-    async def warm(self, slice_seconds: float = 0.002) -> None:
+    async def warm(self, slice_seconds: float = SLICE_SECONDS) -> None:
         """Compute the exports of changed cells in slices of a few milliseconds, yielding
         to the event loop between them, so that a following export() costs little."""
         pending = [entry for entry in self._entries if entry.exported is None or entry.text is None]
-        deadline = time.perf_counter() + slice_seconds
-        for entry in pending:
+        async for entry in in_slices(pending, slice_seconds):
             entry.json_text()
-            if time.perf_counter() > deadline:
-                await asyncio.sleep(0)
-                deadline = time.perf_counter() + slice_seconds
 
     def _meta(self) -> dict[str, Any]:
         if self._meta_export is None:

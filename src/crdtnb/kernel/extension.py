@@ -33,6 +33,7 @@ from ..outputs import OutputWriter
 from ..ownership import NotOwner
 from ..schema import EXECUTION_STATE, INPUT_REQUEST, KERNEL_STATUS, state_of
 from ..settings import KernelSettings
+from ..slices import in_slices
 from .agent import CUT_OFF, InputNotPending, KernelAgent, KernelStatus, no_kernel
 from .process import KernelLauncher
 
@@ -103,7 +104,7 @@ class Kernels(Extension):
         room = event.room
         cut_off = [
             entry.cell_id
-            for entry in room.index
+            async for entry in in_slices(list(room.index))
             if entry.ymap is not None and entry.cell_id and entry.ymap.get(EXECUTION_STATE) == "running"
         ]
         state = state_of(room.doc)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..background import yield_the_cpu
-from ..pieces import unpack
+from ..pieces import from_rows, to_rows, unpack
 from .base import CompactionError, Store, StoreClosedError, StoreError
 from .merge import merge_pieces
 
@@ -38,9 +38,12 @@ logger = logging.getLogger("crdtnb.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 10.0  # waits out locks held by a checkpoint or an external sqlite3 shell
 MAX_BATCH_JOBS = 1000  # caps one transaction so the first caller in a burst is not held back
+# A job writing this much (a snapshot part, a file's base) takes milliseconds: it commits in a
+# transaction of its own, so that the appends queued around it are not held back by it.
+ALONE_BYTES = 32 << 10
 READ_THREADS = 2  # a load can proceed while a compaction merges on the other thread
 
 _SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
@@ -87,6 +90,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "ALTER TABLE rooms ADD COLUMN snapshot_generation INTEGER",
     ),
+    # No new table: a part is now stored as rows of at most pieces.ROW_BYTES (the rows after
+    # a part's first carry a marker, see pieces.to_rows), each written by its own short
+    # transaction. The version says so, so that an older crdtnb refuses the database rather
+    # than read such rows as parts.
+    3: (),
 }
 
 
@@ -192,6 +200,11 @@ class _Job:
     on_commit: Callable[[Any], None] | None
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    nbytes: int = 0  # what it writes, about
+
+    @property
+    def big(self) -> bool:
+        return self.nbytes >= ALONE_BYTES
 
 
 @dataclass(eq=False)
@@ -258,29 +271,38 @@ class _Writer:
         self,
         fn: Callable[[sqlite3.Connection], T],
         on_commit: Callable[[T], None] | None = None,
+        nbytes: int = 0,
     ) -> asyncio.Future[T]:
-        """Queue `fn(conn)`; `on_commit(result)` runs on the writer thread once it is committed.
+        """Queue `fn(conn)`, which writes about ``nbytes``; `on_commit(result)` runs on the
+        writer thread once it is committed.
 
         Synchronous up to the queue, so jobs keep the order in which callers submitted them.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queued += 1
-        self._queue.put(_Job(fn, on_commit, loop, future))
+        self._queue.put(_Job(fn, on_commit, loop, future, nbytes))
         return future
 
     def run_inline(
         self,
         fn: Callable[[sqlite3.Connection], T],
         on_commit: Callable[[T], None] | None = None,
+        nbytes: int = 0,
     ) -> asyncio.Future[T]:
         """Run a small job on the caller's thread when the writer thread is idle, else
         queue it. An append commits in tens of microseconds (WAL, no fsync on commit):
         cheaper than waking the thread and being woken back, twice per relayed update.
-        Under load the thread is busy, jobs queue and share commits again."""
+        Under load the thread is busy, jobs queue and share commits again. A big job
+        always goes to the thread."""
         loop = asyncio.get_running_loop()
-        if self._inline_this_turn or self._queued != self._finished or not self._lock.acquire(blocking=False):
-            return self.submit(fn, on_commit)
+        if (
+            nbytes >= ALONE_BYTES
+            or self._inline_this_turn
+            or self._queued != self._finished
+            or not self._lock.acquire(blocking=False)
+        ):
+            return self.submit(fn, on_commit, nbytes)
         # One inline commit per turn of the loop: a burst's other jobs go to the thread
         # and share its commits instead of holding the loop one commit each.
         self._inline_this_turn = True
@@ -289,14 +311,14 @@ class _Writer:
         try:
             conn = self._conn
             if conn is None:  # not open yet, or stopping: the thread answers
-                return self.submit(fn, on_commit)
+                return self.submit(fn, on_commit, nbytes)
             # Never wait for a lock here (another process's transaction): the thread does.
             self._set_patience(conn, patient=False)
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError:
-                return self.submit(fn, on_commit)
-            outcomes = self._run_batch(conn, [_Job(fn, on_commit, loop, future)], begun=True)
+                return self.submit(fn, on_commit, nbytes)
+            outcomes = self._run_batch(conn, [_Job(fn, on_commit, loop, future, nbytes)], begun=True)
         finally:
             self._lock.release()
         _settle(outcomes)
@@ -321,15 +343,20 @@ class _Writer:
         with self._lock:
             self._conn = conn
         stop: _Stop | None = None
+        held: _Job | None = None  # a big job met while gathering small ones: the next batch
         while stop is None:
             batch: list[_Job] = []
-            item = self._queue.get()
+            item: _Job | _Stop = held if held is not None else self._queue.get()
+            held = None
             while True:
                 if isinstance(item, _Stop):
                     stop = item
                     break
+                if item.big and batch:
+                    held = item
+                    break
                 batch.append(item)
-                if len(batch) >= MAX_BATCH_JOBS:
+                if item.big or len(batch) >= MAX_BATCH_JOBS:
                     break
                 try:
                     item = self._queue.get_nowait()
@@ -480,7 +507,7 @@ def _snapshot(conn: sqlite3.Connection, room_id: int) -> list[bytes]:
     rows = conn.execute(
         "SELECT data FROM snapshot_parts WHERE room_id = ? AND generation = ? ORDER BY part", (room_id, generation)
     ).fetchall()
-    return [data for (data,) in rows]
+    return from_rows([data for (data,) in rows])
 
 
 def _has_state(conn: sqlite3.Connection, room_id: int) -> bool:
@@ -608,12 +635,12 @@ class SQLiteStore(Store):
             raise StoreClosedError(f"store {self.path} is {what}")
 
     def _submit(
-        self, fn: Callable[[sqlite3.Connection], T], on_commit: Callable[[T], None] | None = None
+        self, fn: Callable[[sqlite3.Connection], T], on_commit: Callable[[T], None] | None = None, nbytes: int = 0
     ) -> asyncio.Future[T]:
         # Checked in the same step as the put: once close() has queued its stop, nothing may
         # follow it (the writer would never run it).
         self._check_open()
-        return self._writer.submit(fn, on_commit)
+        return self._writer.submit(fn, on_commit, nbytes)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_open()
@@ -641,7 +668,7 @@ class SQLiteStore(Store):
             self._log_sizes[room] = (rows + len(blobs), size + nbytes)
 
         self._check_open()
-        await self._writer.run_inline(write, committed)
+        await self._writer.run_inline(write, committed, nbytes)
 
     async def append_owned(self, room: str, updates: Sequence[bytes]) -> None:
         # One daemon per SQLite file: it owns every room.
@@ -674,33 +701,39 @@ class SQLiteStore(Store):
         return await self._submit(finish)
 
     async def _write_parts(self, room_id: int, parts: Sequence[bytes]) -> int:
-        """Store ``parts`` as a new generation of the room's snapshot, one transaction
-        each (others' appends go between them); the caller switches to it."""
+        """Store ``parts`` as a new generation of the room's snapshot, in rows of at most
+        pieces.ROW_BYTES, one transaction each (others' appends go between them); the
+        caller switches to it."""
 
-        def first(conn: sqlite3.Connection) -> int:
-            found = conn.execute("SELECT max(generation) FROM snapshot_parts WHERE room_id = ?", (room_id,)).fetchall()
-            current = conn.execute("SELECT snapshot_generation FROM rooms WHERE id = ?", (room_id,)).fetchall()
-            generation = max(found[0][0] or 0, (current[0][0] or 0) if current else 0) + 1
-            conn.execute(
-                "INSERT INTO snapshot_parts (room_id, generation, part, data) VALUES (?, ?, 0, ?)",
-                (room_id, generation, parts[0]),
-            )
-            return generation
+        def first(row: bytes) -> Callable[[sqlite3.Connection], int]:
+            def write(conn: sqlite3.Connection) -> int:
+                found = conn.execute("SELECT max(generation) FROM snapshot_parts WHERE room_id = ?", (room_id,)).fetchall()
+                current = conn.execute("SELECT snapshot_generation FROM rooms WHERE id = ?", (room_id,)).fetchall()
+                generation = max(found[0][0] or 0, (current[0][0] or 0) if current else 0) + 1
+                conn.execute(
+                    "INSERT INTO snapshot_parts (room_id, generation, part, data) VALUES (?, ?, 0, ?)",
+                    (room_id, generation, row),
+                )
+                return generation
 
-        def insert(number: int) -> Callable[[sqlite3.Connection], None]:
+            return write
+
+        def insert(number: int, row: bytes) -> Callable[[sqlite3.Connection], None]:
             def write(conn: sqlite3.Connection) -> None:
                 conn.execute(
                     "INSERT INTO snapshot_parts (room_id, generation, part, data) VALUES (?, ?, ?, ?)",
-                    (room_id, generation, number, parts[number]),
+                    (room_id, generation, number, row),
                 )
 
             return write
 
         if not parts:
             raise ValueError("a snapshot has at least one part")
-        generation = await self._submit(first)
-        for number in range(1, len(parts)):
-            await self._submit(insert(number))
+        rows = to_rows(parts)
+        row = next(rows)
+        generation = await self._submit(first(row), nbytes=len(row))
+        for number, row in enumerate(rows, start=1):
+            await self._submit(insert(number, row), nbytes=len(row))
         return generation
 
     async def set_meta(self, room: str, key: str, value: bytes) -> None:
@@ -718,7 +751,7 @@ class SQLiteStore(Store):
                 (room_id, key, blob),
             )
 
-        await self._submit(write)
+        await self._submit(write, nbytes=len(blob))
 
     async def delete_room(self, room: str) -> None:
         self._check_open()
