@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -370,6 +370,37 @@ async def test_a_big_write_commits_alone_so_small_ones_do_not_wait_for_it(tmp_pa
         await asyncio.gather(*jobs)
         assert store.commits - commits_before == 1 + 3, "hold's own commit, then the append, the big write, the append"
         assert await store.load("small") == updates
+
+
+async def test_a_write_in_steps_lets_queued_jobs_go_between_its_steps(tmp_path: Path) -> None:
+    """A big write in steps (a snapshot's rows) commits step by step on the writer thread;
+    what is queued meanwhile goes between two steps, not after the last one; two such
+    writes take turns; closing the store finishes them."""
+    async with SQLiteStore(tmp_path / "db.sqlite3") as store:
+        done: list[str] = []
+        gate, holding = threading.Event(), threading.Event()
+
+        def hold(conn: object) -> None:
+            holding.set()
+            gate.wait(30)
+
+        def step(name: str) -> Callable[[object], None]:
+            return lambda conn: done.append(name)
+
+        holder = store._writer.submit(hold)
+        try:
+            await asyncio.to_thread(holding.wait, 10)
+            first = store._writer.submit_steps([step(f"a{i}") for i in range(1, 4)])
+            small = store._writer.submit(step("small"))
+            second = store._writer.submit_steps([step(f"b{i}") for i in range(1, 4)])
+        finally:
+            gate.set()
+        await asyncio.gather(holder, first, small, second)
+        assert done == ["a1", "small", "b1", "a2", "b2", "a3", "b3"]
+        commits = store.commits
+        unfinished = store._writer.submit_steps([step(f"c{i}") for i in range(1, 4)])
+    assert unfinished.done() and done[-3:] == ["c1", "c2", "c3"]
+    assert store.commits - commits == 3
 
 
 async def test_close_flushes_pending_appends_and_later_calls_fail(tmp_path: Path) -> None:

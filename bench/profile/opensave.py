@@ -164,7 +164,7 @@ def _loopmon(server: servers.Server) -> None:
         cmd[1:3] = [str(HERE / "serve_loopmon.py")]
         env["LOOPMON_MS"] = str(args_stall_ms)
         env["LOOPMON_GC"] = "1"
-        for key in ("LOOPMON_THREADS", "LOOPMON_STACKS", "LOOPMON_APPEND_MS", "LOOPMON_SWITCH", "LOOPMON_GILWATCH"):
+        for key in ("LOOPMON_THREADS", "LOOPMON_STACKS", "LOOPMON_APPEND_MS", "LOOPMON_SWITCH", "LOOPMON_GILWATCH", "LOOPMON_PIPE_MS", "LOOPMON_BG"):
             if os.environ.get(key):
                 env[key] = os.environ[key]
         return cmd, env
@@ -181,7 +181,9 @@ async def _watch_other_room(server: servers.Server, opened: asyncio.Event, rate:
     reader = SyncPeer(probes=probes)
     await reader.connect(server.url("other"))
     await reader.wait_synced()
-    writer = ProbeWriter()
+    # A key of its own: this writer does not apply what the room holds, so an entry an
+    # earlier run left under its key could win over its writes (and hide their probes).
+    writer = ProbeWriter(key=f"p{time.monotonic_ns()}")
     await writer.peer.connect(server.url("other"))
     await writer.peer.wait_synced()
     await sc.drive(writer, rate, 0.5)
@@ -221,6 +223,7 @@ async def block(args: argparse.Namespace) -> None:
                 latencies = await watch
                 t1 = time.monotonic()  # the room's work after the first client (a base, a check) included
                 during = [ms for received, ms in latencies if t0 - 0.01 <= received <= t1]
+                quiet = [ms for received, ms in latencies if t0 - 1.0 <= received < t0 - 0.01]
                 stalls = [
                     (float(m.group(2)), float(m.group(3)), float(m.group(5)))
                     for m in re.finditer(r"STALL (\S+) (\S+) (\S+) (\S+) (\S+)", log.read_text())
@@ -229,17 +232,18 @@ async def block(args: argparse.Namespace) -> None:
                 collections = [
                     float(m.group(2)) for m in re.finditer(r"GC2 (\S+) (\S+) (\S+) (\S+)", log.read_text()) if t0 - 0.01 <= float(m.group(4)) <= t1
                 ]
-            for m in re.finditer(r"(THREADS|BG|STACK|APPEND|SAVE|WRITE|BATCH|GILWAIT) (\S+) (.*)", log.read_text()):
+            for m in re.finditer(r"(THREADS|BG|STACK|APPEND|SAVE|WRITE|BATCH|GILWAIT|PIPE|SEED|CKPT) (\S+) (.*)", log.read_text()):
                 if t0 - 0.01 <= float(m.group(2)) <= t1:
                     print(f"    {m.group(1)} {float(m.group(2)) - t0:7.3f} {m.group(3)}")
             worst = sorted(during)[-5:]
-            if os.environ.get("LOOPMON_THREADS"):
+            if os.environ.get("LOOPMON_THREADS") or os.environ.get("LOOPMON_PIPE_MS"):
                 print(f"    {len(latencies)} probes in all, received {min(latencies, default=(0, 0))[0] - t0:.3f} .. {max(latencies, default=(0, 0))[0] - t0:.3f} s")
                 late = sorted((ms, received - t0) for received, ms in latencies if t0 - 0.01 <= received <= t1)[-6:]
                 print("    worst probes (ms, received at s):", [(round(ms, 1), round(at, 3)) for ms, at in late])
             print(
                 f"rep {rep}, {size / MB:.0f} MiB from {how}: synced in {timing['synced_ms']:,.0f} ms; other room during it: "
-                f"{len(during)} probes, max {max(during, default=0):.1f} ms, worst {[round(w, 1) for w in worst]}; "
+                f"{len(during)} probes, max {max(during, default=0):.1f} ms, worst {[round(w, 1) for w in worst]} "
+                f"(the second before: max {max(quiet, default=0):.1f} ms); "
                 f"loop stalls > {args.stall_ms:g} ms (wall, loop CPU, waiting for a CPU; the rest: for the GIL): "
                 f"{[(round(w), round(c), round(q)) for w, c, q in sorted(stalls)[-8:]]}; "
                 f"full garbage collections meanwhile (ms): {[round(ms) for ms in collections]}"

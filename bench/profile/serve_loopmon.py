@@ -57,13 +57,24 @@ _timed(crdtnb.filesync.FileSync, "save", "SAVE")
 _timed(crdtnb.files.NotebookFiles, "write", "WRITE")
 import threading  # noqa: E402
 
+import crdtnb.background  # noqa: E402
+
 if os.environ.get("LOOPMON_APPEND_MS"):  # slow store appends (commit latency seen by the room)
     import crdtnb.store  # noqa: E402
 
     _timed(crdtnb.store.SQLiteStore, "append", "APPEND", float(os.environ["LOOPMON_APPEND_MS"]))
+    _timed(crdtnb.store.SQLiteStore, "seed", "SEED")
     import crdtnb.store.sqlite  # noqa: E402
 
     _run_batch = crdtnb.store.sqlite._Writer._run_batch
+
+    _Job = crdtnb.store.sqlite._Job
+
+    class _StampedJob(_Job):  # when each job was queued
+        def __post_init__(self) -> None:
+            self.queued_at = time.monotonic()
+
+    crdtnb.store.sqlite._Job = _StampedJob
 
     def _logged_batch(self, conn, batch, begun=False):  # what each slow transaction held
         t0 = time.monotonic()
@@ -71,10 +82,11 @@ if os.environ.get("LOOPMON_APPEND_MS"):  # slow store appends (commit latency se
             return _run_batch(self, conn, batch, begun)
         finally:
             ms = (time.monotonic() - t0) * 1000
-            if ms >= float(os.environ["LOOPMON_APPEND_MS"]) / 2:
+            waited = (t0 - min(getattr(job, "queued_at", t0) for job in batch)) * 1000
+            if ms + waited >= float(os.environ["LOOPMON_APPEND_MS"]) / 2:
                 kinds = sorted({job.fn.__qualname__.split(".<locals>")[0] for job in batch})
                 print(
-                    f"BATCH {t0:.3f} {ms:.1f} jobs {len(batch)} bytes {sum(job.nbytes for job in batch)} {kinds}"
+                    f"BATCH {t0:.3f} {ms:.1f} queued {waited:.1f} jobs {len(batch)} bytes {sum(job.nbytes for job in batch)} {kinds}"
                     f" {threading.current_thread().name}",
                     file=sys.stderr,
                     flush=True,
@@ -82,8 +94,22 @@ if os.environ.get("LOOPMON_APPEND_MS"):  # slow store appends (commit latency se
 
     crdtnb.store.sqlite._Writer._run_batch = _logged_batch
 
+    def _logged_checkpoints(self) -> None:  # _Checkpointer._run, with each checkpoint's time
+        import sqlite3
 
-if PER_THREAD_ENV := os.environ.get("LOOPMON_THREADS"):  # what each background call ran, and when
+        crdtnb.background.yield_the_cpu()
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        while not self._stop.wait(self.interval):
+            t0 = time.monotonic()
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            print(f"CKPT {t0:.3f} {(time.monotonic() - t0) * 1000:.1f} ms, {done} of {frames} frames", file=sys.stderr, flush=True)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        conn.close()
+
+    crdtnb.store.sqlite._Checkpointer._run = _logged_checkpoints
+
+
+if os.environ.get("LOOPMON_THREADS") or os.environ.get("LOOPMON_BG"):  # what each background call ran, and when
 
     import crdtnb.background  # noqa: E402
 
@@ -107,6 +133,29 @@ if PER_THREAD_ENV := os.environ.get("LOOPMON_THREADS"):  # what each background 
 
     for module in (crdtnb.rooms, crdtnb.filesync):
         module.in_background = _logged
+
+
+if os.environ.get("LOOPMON_PIPE_MS"):  # a room's changes that took long to become durable
+    import crdtnb.room  # noqa: E402
+
+    _persist = crdtnb.room.Room._persist
+    _PIPE_S = float(os.environ["LOOPMON_PIPE_MS"]) / 1000
+
+    async def _timed_persist(self, batch):
+        t0 = time.monotonic()
+        try:
+            return await _persist(self, batch)
+        finally:
+            t1 = time.monotonic()
+            oldest = min(received for _, _, received, _ in batch)
+            if t1 - oldest > _PIPE_S:
+                print(
+                    f"PIPE {oldest:.3f} {self.name} waited {(t0 - oldest) * 1000:.1f} persisted {(t1 - t0) * 1000:.1f} ms, {len(batch)} changes",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    crdtnb.room.Room._persist = _timed_persist
 
 
 if os.environ.get("LOOPMON_GC"):  # garbage collections of generation 2, with their length

@@ -78,10 +78,10 @@ class OutputLedger:
         latest when first needed."""
         self._later.extend(cells)
 
-    async def catch_up(self, slice_seconds: float = SLICE_SECONDS) -> None:
+    async def catch_up(self, slice_seconds: float = SLICE_SECONDS, pause: float = 0.0) -> None:
         """Fingerprint what ``record_later`` left, yielding to the event loop every
-        few milliseconds."""
-        async for cell in in_slices(_drain(self._later), slice_seconds):
+        few milliseconds (for ``pause`` seconds)."""
+        async for cell in in_slices(_drain(self._later), slice_seconds, pause):
             self.record(cell)
 
     def _caught_up(self) -> None:

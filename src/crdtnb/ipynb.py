@@ -199,7 +199,7 @@ def _object(reader: _Reader, cells: bool) -> dict[str, Any]:
         reader.at += 1
         if cells and key == "cells" and reader.char() == "[":
             reader.at += 1
-            result[key] = _array(reader)
+            result[key] = _array(reader, _joined_early)
         else:
             result[key] = reader.value()
         separator = reader.char()
@@ -210,13 +210,15 @@ def _object(reader: _Reader, cells: bool) -> dict[str, Any]:
             raise ValueError("expected ',' or '}'")
 
 
-def _array(reader: _Reader) -> list[Any]:
+def _array(reader: _Reader, each: Callable[[Any], None]) -> list[Any]:
     result: list[Any] = []
     if reader.char() == "]":
         reader.at += 1
         return result
     while True:
-        result.append(reader.value())
+        item = reader.value()
+        each(item)
+        result.append(item)
         separator = reader.char()
         reader.at += 1
         if separator == "]":
@@ -242,22 +244,38 @@ def _rejoin(bundle: Any) -> None:
             bundle[mime] = "".join(value)
 
 
+def _rejoin_cell(cell: dict[str, Any]) -> None:
+    if "source" in cell and isinstance(cell["source"], list):
+        cell["source"] = "".join(cell["source"])
+    for attachment in cell.get("attachments", {}).values():
+        _rejoin(attachment)
+    if cell.get("cell_type", None) == "code":
+        for output in cell.get("outputs", []):
+            output_type = output.get("output_type", "")
+            if output_type in _MIMEBUNDLE_OUTPUTS:
+                _rejoin(output.get("data", {}))
+            elif output_type and isinstance(output.get("text", ""), list):
+                output["text"] = "".join(output["text"])
+
+
+def _joined_early(cell: Any) -> None:
+    """A v4 cell's multiline strings joined as soon as it is read: its lists of lines,
+    a million strings for 50 MB of outputs, then die at once instead of living on
+    until the whole file is read, where every garbage collection meanwhile (run
+    inside json's decoding, holding the GIL) walked them all (13-50 ms a time). A
+    cell this cannot handle is left for _to_notebook, which says what is wrong."""
+    try:
+        _rejoin_cell(cell)
+    except Exception:
+        pass
+
+
 def _to_notebook(nb: dict[str, Any]) -> None:
     """nbformat's JSONReader.to_notebook on plain dicts: multiline strings joined
     (``rejoin_lines``), transient keys dropped (``strip_transient``). Raises where
     nbformat would fail."""
     for cell in nb["cells"]:
-        if "source" in cell and isinstance(cell["source"], list):
-            cell["source"] = "".join(cell["source"])
-        for attachment in cell.get("attachments", {}).values():
-            _rejoin(attachment)
-        if cell.get("cell_type", None) == "code":
-            for output in cell.get("outputs", []):
-                output_type = output.get("output_type", "")
-                if output_type in _MIMEBUNDLE_OUTPUTS:
-                    _rejoin(output.get("data", {}))
-                elif output_type and isinstance(output.get("text", ""), list):
-                    output["text"] = "".join(output["text"])
+        _rejoin_cell(cell)
     metadata = nb["metadata"]
     for key in _TRANSIENT_METADATA:
         metadata.pop(key, None)

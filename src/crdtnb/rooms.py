@@ -294,6 +294,9 @@ SETTLE_AFTER = 1.0
 # Cells' exports are made ahead for rooms this big: a smaller room's take less than a
 # millisecond when asked for, and would cost every idle room memory.
 WARM_CELLS = 64
+# That work can wait: a millisecond of it at a time, then the loop is left idle as long.
+SETTLE_SLICE = 0.001
+SETTLE_PAUSE = 0.001
 
 
 async def served(room: Room) -> None:
@@ -308,9 +311,9 @@ async def _settle(room: Room) -> None:
     outputs) and each cell's JSON for exports."""
     try:
         await served(room)
-        await room.guard.ledger.catch_up()
+        await room.guard.ledger.catch_up(SETTLE_SLICE, SETTLE_PAUSE)
         if len(room.index) >= WARM_CELLS:
-            await room.index.warm()
+            await room.index.warm(SETTLE_SLICE, SETTLE_PAUSE)
     except asyncio.CancelledError:
         raise
     except Exception:

@@ -282,11 +282,12 @@ class CellIndex:
         meta = _compact(self._meta())
         return ('{"cells":[' + ",".join(texts) + "]," + meta[1:]).encode("utf-8")
 
-    async def warm(self, slice_seconds: float = SLICE_SECONDS) -> None:
+    async def warm(self, slice_seconds: float = SLICE_SECONDS, pause: float = 0.0) -> None:
         """Compute the exports of changed cells in slices of a few milliseconds, yielding
-        to the event loop between them, so that a following export() costs little."""
+        to the event loop between them (for ``pause`` seconds), so that a following
+        export() costs little."""
         pending = [entry for entry in self._entries if entry.exported is None or entry.text is None]
-        async for entry in in_slices(pending, slice_seconds):
+        async for entry in in_slices(pending, slice_seconds, pause):
             entry.json_text()
 
     def _meta(self) -> dict[str, Any]:

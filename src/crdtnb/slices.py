@@ -19,11 +19,14 @@ T = TypeVar("T")
 SLICE_SECONDS = 0.002
 
 
-async def in_slices(items: Iterable[T], seconds: float = SLICE_SECONDS) -> AsyncIterator[T]:
-    """Yield ``items``, letting the event loop run other work every ``seconds``."""
+async def in_slices(items: Iterable[T], seconds: float = SLICE_SECONDS, pause: float = 0.0) -> AsyncIterator[T]:
+    """Yield ``items``, letting the event loop run other work every ``seconds``. Work
+    that can wait (warming caches after a room opens) passes a ``pause``: the loop then
+    stays idle that long between slices, so that what other rooms send is taken up at
+    once, and the store's writer thread gets the CPU when it needs it."""
     deadline = time.perf_counter() + seconds
     for item in items:
         yield item
         if time.perf_counter() > deadline:
-            await asyncio.sleep(0)
+            await asyncio.sleep(pause)
             deadline = time.perf_counter() + seconds

@@ -17,13 +17,15 @@ tens of microseconds, less than two thread hand-offs). Everything else runs on t
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import logging
 import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,10 +203,12 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     nbytes: int = 0  # what it writes, about
+    # A job in steps (submit_steps): the ones after ``fn``, each its own transaction.
+    more: Iterator[Callable[[sqlite3.Connection], Any]] | None = None
 
     @property
     def big(self) -> bool:
-        return self.nbytes >= ALONE_BYTES
+        return self.nbytes >= ALONE_BYTES or self.more is not None
 
 
 @dataclass(eq=False)
@@ -284,6 +288,21 @@ class _Writer:
         self._queue.put(_Job(fn, on_commit, loop, future, nbytes))
         return future
 
+    def submit_steps(self, steps: Iterable[Callable[[sqlite3.Connection], Any]]) -> asyncio.Future[None]:
+        """Queue a big write made of ``steps``, each committed on its own, one after the
+        other on the thread, with the jobs queued meanwhile run between two steps: those
+        wait for one step at most, and the loop is not woken once per step."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        more = iter(steps)
+        first = next(more, None)
+        if first is None:
+            future.set_result(None)
+            return future
+        self._queued += 1
+        self._queue.put(_Job(first, None, loop, future, more=more))
+        return future
+
     def run_inline(
         self,
         fn: Callable[[sqlite3.Connection], T],
@@ -344,10 +363,21 @@ class _Writer:
             self._conn = conn
         stop: _Stop | None = None
         held: _Job | None = None  # a big job met while gathering small ones: the next batch
-        while stop is None:
+        stepping: collections.deque[_Job] = collections.deque()  # jobs in steps, part done
+        while stop is None or stepping:
             batch: list[_Job] = []
-            item: _Job | _Stop = held if held is not None else self._queue.get()
-            held = None
+            item: _Job | _Stop
+            if held is not None:
+                item, held = held, None
+            elif stepping:  # what is queued goes before their next steps
+                try:
+                    if stop is not None:
+                        raise queue.Empty
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = stepping.popleft()
+            else:
+                item = self._queue.get()
             while True:
                 if isinstance(item, _Stop):
                     stop = item
@@ -366,6 +396,14 @@ class _Writer:
                 with self._lock:
                     self._set_patience(conn, patient=True)
                     outcomes = self._run_batch(conn, batch)
+                    job = batch[0]
+                    if job.more is not None and outcomes[0][3] is None:
+                        step = next(job.more, None)
+                        if step is not None:  # its next step, after what is queued now
+                            job.fn = step
+                            stepping.append(job)
+                            continue
+                        outcomes = [(job.loop, job.future, None, None)]
                     self._finished += len(batch)
                 _deliver(outcomes)
         with self._lock:
@@ -704,19 +742,19 @@ class SQLiteStore(Store):
         """Store ``parts`` as a new generation of the room's snapshot, in rows of at most
         pieces.ROW_BYTES, one transaction each (others' appends go between them); the
         caller switches to it."""
+        if not parts:
+            raise ValueError("a snapshot has at least one part")
+        generation = 0
+        rows = to_rows(parts)
 
-        def first(row: bytes) -> Callable[[sqlite3.Connection], int]:
-            def write(conn: sqlite3.Connection) -> int:
-                found = conn.execute("SELECT max(generation) FROM snapshot_parts WHERE room_id = ?", (room_id,)).fetchall()
-                current = conn.execute("SELECT snapshot_generation FROM rooms WHERE id = ?", (room_id,)).fetchall()
-                generation = max(found[0][0] or 0, (current[0][0] or 0) if current else 0) + 1
-                conn.execute(
-                    "INSERT INTO snapshot_parts (room_id, generation, part, data) VALUES (?, ?, 0, ?)",
-                    (room_id, generation, row),
-                )
-                return generation
-
-            return write
+        def first(conn: sqlite3.Connection) -> None:
+            # The generation is taken by the transaction that writes its first row: another
+            # snapshot of the room written meanwhile takes the next one.
+            nonlocal generation
+            found = conn.execute("SELECT max(generation) FROM snapshot_parts WHERE room_id = ?", (room_id,)).fetchall()
+            current = conn.execute("SELECT snapshot_generation FROM rooms WHERE id = ?", (room_id,)).fetchall()
+            generation = max(found[0][0] or 0, (current[0][0] or 0) if current else 0) + 1
+            insert(0, next(rows))(conn)
 
         def insert(number: int, row: bytes) -> Callable[[sqlite3.Connection], None]:
             def write(conn: sqlite3.Connection) -> None:
@@ -727,13 +765,10 @@ class SQLiteStore(Store):
 
             return write
 
-        if not parts:
-            raise ValueError("a snapshot has at least one part")
-        rows = to_rows(parts)
-        row = next(rows)
-        generation = await self._submit(first(row), nbytes=len(row))
-        for number, row in enumerate(rows, start=1):
-            await self._submit(insert(number, row), nbytes=len(row))
+        # Rows are made as their steps run, on the writer thread.
+        steps = itertools.chain([first], itertools.starmap(insert, enumerate(rows, start=1)))
+        self._check_open()
+        await self._writer.submit_steps(steps)
         return generation
 
     async def set_meta(self, room: str, key: str, value: bytes) -> None:
