@@ -403,6 +403,30 @@ async def test_a_write_in_steps_lets_queued_jobs_go_between_its_steps(tmp_path: 
     assert store.commits - commits == 3
 
 
+async def test_no_commit_runs_on_the_loop_while_the_wal_is_copied_back(tmp_path: Path) -> None:
+    """An idle writer lets a small append commit on the loop's own thread (cheaper than
+    two thread hand-offs), but not while the checkpointer copies the WAL back: a commit
+    can then wait for the disk, and the loop must not wait with it."""
+    _, updates = text_updates(2)
+    async with SQLiteStore(tmp_path / "db.sqlite3") as store:
+        await store.append("r", [updates[0]])
+        await asyncio.sleep(0)  # a new turn of the loop: one inline commit per turn
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO updates (room_id, data) VALUES (1, ?)", (updates[1],))
+
+        inline = store._writer.run_inline(insert)
+        assert inline.done()  # committed before run_inline returned
+        await asyncio.sleep(0)
+        store._checkpointer.copying = True
+        try:
+            queued = store._writer.run_inline(insert)
+            assert not queued.done()
+            await queued
+        finally:
+            store._checkpointer.copying = False
+
+
 async def test_close_flushes_pending_appends_and_later_calls_fail(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
     _, updates = text_updates(300)

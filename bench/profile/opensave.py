@@ -232,7 +232,7 @@ async def block(args: argparse.Namespace) -> None:
                 collections = [
                     float(m.group(2)) for m in re.finditer(r"GC2 (\S+) (\S+) (\S+) (\S+)", log.read_text()) if t0 - 0.01 <= float(m.group(4)) <= t1
                 ]
-            for m in re.finditer(r"(THREADS|BG|STACK|APPEND|SAVE|WRITE|BATCH|GILWAIT|PIPE|SEED|CKPT) (\S+) (.*)", log.read_text()):
+            for m in re.finditer(r"(THREADS|BG|STACK|APPEND|SAVE|WRITE|BATCH|GILWAIT|PIPE|SEED|CKPT|TAIL) (\S+) (.*)", log.read_text()):
                 if t0 - 0.01 <= float(m.group(2)) <= t1:
                     print(f"    {m.group(1)} {float(m.group(2)) - t0:7.3f} {m.group(3)}")
             worst = sorted(during)[-5:]

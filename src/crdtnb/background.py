@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["NICE", "in_background", "let_go", "yield_the_cpu"]
+__all__ = ["NICE", "in_background", "let_go", "let_go_of_notebook", "yield_the_cpu"]
 
 T = TypeVar("T")
 
@@ -55,11 +55,17 @@ async def in_background(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(_executor(), functools.partial(fn, *args))
 
 
-def let_go(nb: Any) -> None:
-    """Free a big notebook (a dict with "cells") a cell at a time. Freeing it whole is one
-    call that holds the GIL all along (10 ms for 50 MB), wherever the last reference goes;
-    call this on the worker thread before returning, or the loop frees it."""
+def let_go(items: list[Any]) -> None:
+    """Empty a list of big things (a notebook's cells, a document's pieces) one item at a
+    time. Freeing them all at once is one call that holds the GIL all along (10 ms for a
+    50 MB notebook, 5-8 ms for 50 one-megabyte pieces, returned to the system one by
+    one), wherever the last reference goes: call this on a worker thread, not the loop."""
+    while items:
+        items.pop()
+
+
+def let_go_of_notebook(nb: Any) -> None:
+    """``let_go`` of a notebook's cells."""
     cells = nb.get("cells") if isinstance(nb, dict) else None
     if isinstance(cells, list):
-        while cells:
-            cells.pop()
+        let_go(cells)

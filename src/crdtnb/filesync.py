@@ -37,7 +37,7 @@ from starlette.routing import BaseRoute
 
 from . import ipynb
 from .auth import Action
-from .background import in_background, let_go
+from .background import in_background, let_go, let_go_of_notebook
 from .extensions import (
     ChangesDurable,
     DaemonStarted,
@@ -427,7 +427,9 @@ class FileSync:
             await self.store.set_meta(name, BASE_KEY, _BASE_PARTS + json.dumps({"slot": slot, "counts": counts}).encode())
         await self.store.set_meta(name, SHA_KEY, self.stamp.sha256.encode())
         if self.base is base:
-            self.base = None  # kept in the store, not in every open room: a merge reads it back
+            # Kept in the store, not in every open room: a merge reads it back.
+            self.base = None
+            await in_background(let_go, base)
 
     def _note_saved(self, when: float | None) -> None:
         self.saved_at = when
@@ -480,7 +482,7 @@ def _same_notebook(exported: dict[str, Any], nb: dict[str, Any]) -> bool:
         mine, other = exported["cells"], theirs["cells"]
         return len(mine) == len(other) and all(a == b for a, b in zip(mine, other))
     finally:
-        let_go(theirs)
+        let_go_of_notebook(theirs)
 
 
 def _file_matches(files: NotebookFiles, name: str, exported: dict[str, Any]) -> bool:
@@ -489,7 +491,7 @@ def _file_matches(files: NotebookFiles, name: str, exported: dict[str, Any]) -> 
     try:
         return _same_notebook(exported, nb)
     finally:
-        let_go(nb)
+        let_go_of_notebook(nb)
 
 
 def _read_into(files: NotebookFiles, name: str, doc: Doc | None, known_sha: str | None) -> FileStamp:
@@ -508,7 +510,7 @@ def _read_into(files: NotebookFiles, name: str, doc: Doc | None, known_sha: str 
         if doc is not None:
             _load_in_pieces(doc, nb)
     finally:
-        let_go(nb)
+        let_go_of_notebook(nb)
     return stamp
 
 

@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pycrdt import Doc
 
 from .awareness import PresenceLimits
-from .background import in_background
+from .background import in_background, let_go
 from .extensions import Hooks, RoomDisowned, RoomLoaded, RoomLoading, RoomOwned, RoomUnloaded, RoomUnloading
 from .fanout import Fanout, LocalFanout
 from .files import NotebookFiles
@@ -169,7 +169,8 @@ class RoomManager:
     async def _load(self, name: str) -> Room:
         while True:
             updates = await self.store.load(name)
-            doc, index = await in_background(_build_document, updates)
+            stored = len(updates)
+            doc, index = await in_background(_build_document, updates)  # which empties updates
             # Extensions fill an empty document (the .ipynb) or refuse the room by raising.
             # What they write is seeded as they wrote it: a big notebook is written in
             # pieces, and one update of it all would take one long pycrdt call to encode.
@@ -177,12 +178,14 @@ class RoomManager:
             subscription = doc.observe(lambda event, filled=filled: filled.append(event.update))
             try:
                 try:
-                    await self.hooks.run("on_room_loading", RoomLoading(name, doc, index, from_store=bool(updates)))
+                    await self.hooks.run("on_room_loading", RoomLoading(name, doc, index, from_store=bool(stored)))
                 finally:
                     doc.unobserve(subscription)
                 # Only the first daemon to store a new room's state seeds it: two seeds
                 # would be two copies of every cell.
-                if updates or await self.store.seed(name, filled or [doc.get_update()]):
+                seeded = stored or await self.store.seed(name, filled or [doc.get_update()])
+                await in_background(let_go, filled)
+                if seeded:
                     break
             except BaseException:
                 index.close()
@@ -198,7 +201,7 @@ class RoomManager:
         await in_background(room.guard.check_document)
         room.start()
         await self.hooks.run("on_room_loaded", RoomLoaded(room))
-        logger.info("opened room %s (%s)", name, f"{len(updates)} stored updates" if updates else "new")
+        logger.info("opened room %s (%s)", name, f"{stored} stored updates" if stored else "new")
         if await self.ownership.claim(name):
             await self.hooks.run("on_room_owned", RoomOwned(room))
         return room
@@ -324,9 +327,11 @@ def _build_document(updates: list[bytes]) -> tuple[Doc, CellIndex]:
     """A room's document from its log, built on a worker thread before anyone shares it:
     the index is subscribed first, so it costs O(n). One transaction per update: pycrdt
     holds the GIL for each call, and a transaction's commit does its own work on all it
-    changed, so one transaction for a big log would stop the event loop as long."""
+    changed, so one transaction for a big log would stop the event loop as long. Each
+    update is dropped from ``updates`` once applied: freed here, not on the loop."""
     doc: Doc = Doc()
     index = CellIndex(doc)
-    for update in updates:
-        doc.apply_update(update)
+    updates.reverse()
+    while updates:
+        doc.apply_update(updates.pop())
     return doc, index

@@ -127,6 +127,9 @@ class _Checkpointer:
     def __init__(self, path: Path, interval: float = 1.0) -> None:
         self.path = path
         self.interval = interval
+        # While it copies, a commit can wait for the disk (tens of milliseconds after a
+        # big write): the writer then commits on its thread, not on the loop's.
+        self.copying = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"crdtnb-checkpoint:{path.name}", daemon=True)
 
@@ -143,10 +146,13 @@ class _Checkpointer:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         try:
             while not self._stop.wait(self.interval):
+                self.copying = True
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error:
                     logger.warning("WAL checkpoint of %s failed; will retry", self.path, exc_info=True)
+                finally:
+                    self.copying = False
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error:
             logger.warning("final WAL checkpoint of %s failed", self.path, exc_info=True)
@@ -267,6 +273,8 @@ class _Writer:
         self._finished = 0
         self._patient = True  # the connection's busy timeout is BUSY_TIMEOUT_S
         self._inline_this_turn = False
+        # Whether a commit may have to wait for the disk now (no job then runs inline).
+        self.disk_busy: Callable[[], bool] = lambda: False
 
     def start(self) -> None:
         self._thread.start()
@@ -313,11 +321,13 @@ class _Writer:
         queue it. An append commits in tens of microseconds (WAL, no fsync on commit):
         cheaper than waking the thread and being woken back, twice per relayed update.
         Under load the thread is busy, jobs queue and share commits again. A big job
-        always goes to the thread."""
+        always goes to the thread, and so does every job while the WAL is being copied
+        back (a commit may then wait for the disk)."""
         loop = asyncio.get_running_loop()
         if (
             nbytes >= ALONE_BYTES
             or self._inline_this_turn
+            or self.disk_busy()
             or self._queued != self._finished
             or not self._lock.acquire(blocking=False)
         ):
@@ -610,6 +620,7 @@ class SQLiteStore(Store):
         self._writer = _Writer(self.path, mode)
         self._readers = _Readers(self.path)
         self._checkpointer = _Checkpointer(self.path)
+        self._writer.disk_busy = lambda: self._checkpointer.copying
         # room -> (rows, bytes) since its snapshot. Seeded at start, then changed only after a
         # commit, under the writer's lock, so it is exact; the loop reads it without I/O.
         self._log_sizes: dict[str, tuple[int, int]] = {}
