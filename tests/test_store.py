@@ -11,8 +11,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +283,25 @@ async def test_unopenable_path_fails_start_instead_of_hanging(tmp_path: Path) ->
         await asyncio.wait_for(store.start(), 10)
 
 
+@asynccontextmanager
+async def writer_held(store: SQLiteStore) -> AsyncIterator[None]:
+    """The store's writer thread busy in a job of its own until the block ends (its commit
+    included): what is queued meanwhile waits."""
+    gate, holding = threading.Event(), threading.Event()
+
+    def hold(conn: object) -> None:
+        holding.set()
+        gate.wait(30)
+
+    holder = store._writer.submit(hold)
+    try:
+        await asyncio.to_thread(holding.wait, 10)
+        yield
+    finally:
+        gate.set()
+    await holder
+
+
 # --- group commit -------------------------------------------------------------------------
 
 
@@ -346,15 +365,7 @@ async def test_a_big_write_commits_alone_so_small_ones_do_not_wait_for_it(tmp_pa
     room's append: an append queued behind a big write is not put in its transaction."""
     _, updates = text_updates(2)
     async with SQLiteStore(tmp_path / "db.sqlite3") as store:
-        gate, holding = threading.Event(), threading.Event()
-
-        def hold(conn: object) -> None:
-            holding.set()
-            gate.wait(30)
-
-        holder = store._writer.submit(hold)
-        try:
-            await asyncio.to_thread(holding.wait, 10)
+        async with writer_held(store):
             commits_before = store.commits
             # Queued in this order while the writer is busy: one transaction each, not one for all.
             jobs = [
@@ -364,9 +375,6 @@ async def test_a_big_write_commits_alone_so_small_ones_do_not_wait_for_it(tmp_pa
             ]
             while store._writer._queue.qsize() < len(jobs):
                 await asyncio.sleep(0.005)
-        finally:
-            gate.set()
-        await holder
         await asyncio.gather(*jobs)
         assert store.commits - commits_before == 1 + 3, "hold's own commit, then the append, the big write, the append"
         assert await store.load("small") == updates
@@ -378,24 +386,15 @@ async def test_a_write_in_steps_lets_queued_jobs_go_between_its_steps(tmp_path: 
     writes take turns; closing the store finishes them."""
     async with SQLiteStore(tmp_path / "db.sqlite3") as store:
         done: list[str] = []
-        gate, holding = threading.Event(), threading.Event()
-
-        def hold(conn: object) -> None:
-            holding.set()
-            gate.wait(30)
 
         def step(name: str) -> Callable[[object], None]:
             return lambda conn: done.append(name)
 
-        holder = store._writer.submit(hold)
-        try:
-            await asyncio.to_thread(holding.wait, 10)
+        async with writer_held(store):
             first = store._writer.submit_steps([step(f"a{i}") for i in range(1, 4)])
             small = store._writer.submit(step("small"))
             second = store._writer.submit_steps([step(f"b{i}") for i in range(1, 4)])
-        finally:
-            gate.set()
-        await asyncio.gather(holder, first, small, second)
+        await asyncio.gather(first, small, second)
         assert done == ["a1", "small", "b1", "a2", "b2", "a3", "b3"]
         commits = store.commits
         unfinished = store._writer.submit_steps([step(f"c{i}") for i in range(1, 4)])
@@ -571,16 +570,8 @@ async def test_rows_appended_while_compaction_merges_are_kept(tmp_path: Path) ->
     head, tail = updates[:500], updates[500:]
     async with SQLiteStore(tmp_path / "db.sqlite3") as store:
         await store.append("r", head)
-        gate, holding = threading.Event(), threading.Event()
-
-        def hold(conn: object) -> None:
-            holding.set()
-            gate.wait(30)
-
-        holder = store._writer.submit(hold)
-        try:
-            # The writer is inside `hold` with nothing else in its batch ...
-            await asyncio.to_thread(holding.wait, 10)
+        # The writer is inside a job with nothing else in its batch ...
+        async with writer_held(store):
             appends = [asyncio.create_task(store.append("r", [u])) for u in tail]
             while store._writer._queue.qsize() < len(tail):
                 await asyncio.sleep(0.005)
@@ -591,9 +582,6 @@ async def test_rows_appended_while_compaction_merges_are_kept(tmp_path: Path) ->
                     compaction.result()  # raises what went wrong
                     pytest.fail("the compaction finished while the writer was held")
                 await asyncio.sleep(0.005)
-        finally:
-            gate.set()
-        await holder
         await compaction
         await asyncio.gather(*appends)
         stored = await store.load("r")
