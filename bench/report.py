@@ -15,6 +15,9 @@ COLORS = {
     "y-websocket": "#2ca02c",
     "hocuspocus": "#9467bd",
     "uvicorn-floor": "#7f7f7f",
+    "uvicorn-wsproto-floor": "#bcbd22",
+    "websockets-floor": "#17becf",
+    "picows-floor": "#8c564b",
 }
 # results.json section of each fan-out client kind
 CLIENT_SECTIONS = {"python": "fanout", "node": "fanout_node"}

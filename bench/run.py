@@ -33,7 +33,7 @@ sys.path.insert(0, str(BENCH))
 
 import report  # noqa: E402
 import scenarios  # noqa: E402
-from servers import ALL_KINDS, EXTRA_KINDS, NODE_DIR, NODE_KINDS, ensure_node  # noqa: E402
+from servers import ALL_KINDS, EXTRA_KINDS, FLOOR_KINDS, NODE_DIR, NODE_KINDS, ensure_node  # noqa: E402
 
 SCENARIOS = ("fanout", "rooms", "large", "flood", "catchup", "cluster")
 DEFAULT_SCENARIOS = ("fanout", "rooms", "large", "flood", "catchup")  # cluster: asked for with --only
@@ -176,14 +176,14 @@ async def run_all(cfg: scenarios.Config, kinds: list[str], clients: list[str], o
                 for kind in kinds:
                     await guarded(section, f"{kind}/{count}", lambda k=kind, c=count, r=rates, run=run: run(cfg, k, c, r))
     if "rooms" in only:
-        for kind in [k for k in kinds if k not in ("crdtnb-mem", "uvicorn-floor")]:
+        for kind in [k for k in kinds if k != "crdtnb-mem" and k not in FLOOR_KINDS]:
             await guarded("rooms", kind, lambda k=kind: scenarios.many_rooms(cfg, k, cfg.rooms))
     if "large" in only:
         target = 250_000 if cfg.quick else 5_000_000
-        for kind in [k for k in kinds if k not in ("crdtnb-mem", "uvicorn-floor")]:
+        for kind in [k for k in kinds if k != "crdtnb-mem" and k not in FLOOR_KINDS]:
             await guarded("large", kind, lambda k=kind: scenarios.open_large(cfg, k, cfg.large_cells, target))
     if "catchup" in only:
-        for kind in [k for k in kinds if k != "uvicorn-floor"]:
+        for kind in [k for k in kinds if k not in FLOOR_KINDS]:
             await guarded("catchup", kind, lambda k=kind: scenarios.catchup(cfg, k, cfg.catchup_ns))
     if "flood" in only and "crdtnb" in kinds:
         await guarded("flood", "crdtnb", lambda: scenarios.flood(cfg))

@@ -7,6 +7,10 @@ Kinds:
   y-websocket       `node bin/server.js` of y-websocket@1.5.4, installed into bench/node/
   hocuspocus        @hocuspocus/server 4 (bench/node/hocuspocus_server.mjs), persistence off
   uvicorn-floor     a bare ASGI relay (fan-out only): the per-delivery floor of uvicorn
+Floors of other websocket servers, run only when named (bench/serve_floor.py; fan-out only):
+  uvicorn-wsproto-floor  uvicorn-floor on uvicorn's wsproto implementation
+  websockets-floor       the websockets library's own server, relaying with its broadcast()
+  picows-floor           picows (Cython, callbacks), relaying in its frame callback
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ NODE_CLIENT = NODE_DIR / "fanout_client.mjs"
 NODE_PACKAGES = ("y-websocket", "yjs", "ws", "@hocuspocus/server", "@hocuspocus/provider")
 
 ALL_KINDS = ("crdtnb", "crdtnb-mem", "pycrdt-websocket", "y-websocket", "hocuspocus", "uvicorn-floor")
-EXTRA_KINDS: tuple[str, ...] = ()
+FLOOR_KINDS = ("uvicorn-floor", "uvicorn-wsproto-floor", "websockets-floor", "picows-floor")
+EXTRA_KINDS: tuple[str, ...] = FLOOR_KINDS[1:]
 CRDTNB_KINDS = ("crdtnb", "crdtnb-mem")
 NODE_KINDS = ("y-websocket", "hocuspocus")  # servers that need node
 
@@ -176,8 +181,12 @@ class Server:
                    f"--token={self.token}", "--state-dir", str(self.state_dir)]
         elif self.kind == "pycrdt-websocket":
             cmd = [py, str(BENCH / "serve_pycrdt_websocket.py"), "--port", str(self.port)]
-        elif self.kind == "uvicorn-floor":
+        elif self.kind in ("uvicorn-floor", "uvicorn-wsproto-floor"):
             cmd = [py, str(BENCH / "serve_uvicorn_floor.py"), "--port", str(self.port)]
+            if self.kind == "uvicorn-wsproto-floor":
+                env["FLOOR_WS"] = "wsproto"
+        elif self.kind in ("websockets-floor", "picows-floor"):
+            cmd = [py, str(BENCH / "serve_floor.py"), self.kind.removesuffix("-floor"), "--port", str(self.port)]
         elif self.kind == "hocuspocus":
             cmd = [shutil.which("node") or "node", str(HOCUSPOCUS_SERVER)]
             env.update(HOST="127.0.0.1", PORT=str(self.port))
