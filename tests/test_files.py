@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import unicodedata
 from pathlib import Path
 
@@ -157,3 +158,23 @@ def test_a_big_file_is_read_whole_and_hashed_in_chunks(files: NotebookFiles) -> 
     assert stamp.sha256 == hashlib.sha256(raw).hexdigest() and stamp.size == len(raw)
     read, _ = files.read("big.ipynb")
     assert read == json.loads(json.dumps(nbformat.reads(raw.decode(), as_version=4)))
+
+
+def test_a_notebook_name_that_is_not_a_regular_file_is_refused_at_once(files: NotebookFiles) -> None:
+    """A FIFO (or device) spelled like a notebook must not leave a worker thread waiting
+    for a writer forever: it is refused like a missing notebook."""
+    os.mkfifo(Path(files.root) / "pipe.ipynb")
+    result: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            files.read_bytes("pipe.ipynb")
+            result.append(None)
+        except BaseException as exc:
+            result.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    assert result, "reading a FIFO blocked"
+    assert isinstance(result[0], NotebookNotFound)

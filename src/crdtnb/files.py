@@ -256,9 +256,12 @@ class NotebookFiles:
         real = self.locate(name)
         try:
             with self._directory(real) as directory:
-                fd = os.open(real.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=directory)
+                # O_NONBLOCK: opening a FIFO spelled like a notebook must not wait for a writer.
+                fd = os.open(real.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory)
                 try:
                     st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        raise NotebookNotFound(f"{name} is not a regular file")
                     data, sha256 = _read_in_chunks(fd, st.st_size)
                 finally:
                     os.close(fd)
