@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["NICE", "in_background", "let_go", "let_go_of_notebook", "yield_the_cpu"]
+__all__ = ["NICE", "in_background", "let_go", "let_go_of_notebook", "let_go_of_pieces", "yield_the_cpu"]
 
 T = TypeVar("T")
 
@@ -62,6 +62,18 @@ def let_go(items: list[Any]) -> None:
     one), wherever the last reference goes: call this on a worker thread, not the loop."""
     while items:
         items.pop()
+
+
+# Below this many bytes a list is freed where it is: a thread hand-off would cost more.
+LET_GO_BYTES = 1 << 20
+
+
+async def let_go_of_pieces(pieces: list[bytes]) -> None:
+    """``let_go`` of a document's pieces: on a worker thread if they are big."""
+    if sum(map(len, pieces)) >= LET_GO_BYTES:
+        await in_background(let_go, pieces)
+    else:
+        pieces.clear()
 
 
 def let_go_of_notebook(nb: Any) -> None:

@@ -37,7 +37,7 @@ from starlette.routing import BaseRoute
 
 from . import ipynb
 from .auth import Action
-from .background import in_background, let_go, let_go_of_notebook
+from .background import in_background, let_go_of_notebook, let_go_of_pieces
 from .extensions import (
     ChangesDurable,
     DaemonStarted,
@@ -429,7 +429,7 @@ class FileSync:
         if self.base is base:
             # Kept in the store, not in every open room: a merge reads it back.
             self.base = None
-            await in_background(let_go, base)
+            await let_go_of_pieces(base)
 
     def _note_saved(self, when: float | None) -> None:
         self.saved_at = when

@@ -36,7 +36,6 @@ __all__ = [
     "decode_state_vector",
     "diff_in_pieces",
     "diff_plan",
-    "encode_state_vector",
     "from_rows",
     "pack",
     "to_rows",
@@ -87,10 +86,6 @@ def _write_string(out: bytearray, text: str) -> None:
     data = text.encode("utf-8")
     _write_var_uint(out, len(data))
     out += data
-
-
-def encode_state_vector(clocks: dict[int, int]) -> bytes:
-    return _var_uint(len(clocks)) + b"".join(_var_uint(client) + _var_uint(clock) for client, clock in clocks.items())
 
 
 def diff_plan(doc: Doc, state: bytes | None = None) -> list[bytes | None]:

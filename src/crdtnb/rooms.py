@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pycrdt import Doc
 
 from .awareness import PresenceLimits
-from .background import in_background, let_go
+from .background import in_background, let_go_of_pieces
 from .extensions import Hooks, RoomDisowned, RoomLoaded, RoomLoading, RoomOwned, RoomUnloaded, RoomUnloading
 from .fanout import Fanout, LocalFanout
 from .files import NotebookFiles
@@ -184,7 +184,7 @@ class RoomManager:
                 # Only the first daemon to store a new room's state seeds it: two seeds
                 # would be two copies of every cell.
                 seeded = stored or await self.store.seed(name, filled or [doc.get_update()])
-                await in_background(let_go, filled)
+                await let_go_of_pieces(filled)
                 if seeded:
                     break
             except BaseException:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ..background import yield_the_cpu
 from ..pieces import from_rows, to_rows, unpack
@@ -284,32 +284,31 @@ class _Writer:
         fn: Callable[[sqlite3.Connection], T],
         on_commit: Callable[[T], None] | None = None,
         nbytes: int = 0,
+        more: Iterator[Callable[[sqlite3.Connection], Any]] | None = None,
     ) -> asyncio.Future[T]:
         """Queue `fn(conn)`, which writes about ``nbytes``; `on_commit(result)` runs on the
-        writer thread once it is committed.
+        writer thread once it is committed (``more``: see submit_steps).
 
         Synchronous up to the queue, so jobs keep the order in which callers submitted them.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queued += 1
-        self._queue.put(_Job(fn, on_commit, loop, future, nbytes))
+        self._queue.put(_Job(fn, on_commit, loop, future, nbytes, more))
         return future
 
-    def submit_steps(self, steps: Iterable[Callable[[sqlite3.Connection], Any]]) -> asyncio.Future[None]:
+    def submit_steps(self, steps: Iterable[Callable[[sqlite3.Connection], Any]]) -> asyncio.Future[Any]:
         """Queue a big write made of ``steps``, each committed on its own, one after the
         other on the thread, with the jobs queued meanwhile run between two steps: those
-        wait for one step at most, and the loop is not woken once per step."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        wait for one step at most, and the loop is not woken once per step. The future
+        is done (None) once the last step is committed."""
         more = iter(steps)
         first = next(more, None)
         if first is None:
-            future.set_result(None)
-            return future
-        self._queued += 1
-        self._queue.put(_Job(first, None, loop, future, more=more))
-        return future
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return self.submit(first, more=more)
 
     def run_inline(
         self,
@@ -379,13 +378,8 @@ class _Writer:
             item: _Job | _Stop
             if held is not None:
                 item, held = held, None
-            elif stepping:  # what is queued goes before their next steps
-                try:
-                    if stop is not None:
-                        raise queue.Empty
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    item = stepping.popleft()
+            elif stepping:  # what is queued goes before their next steps (this thread alone reads the queue)
+                item = self._queue.get_nowait() if stop is None and not self._queue.empty() else stepping.popleft()
             else:
                 item = self._queue.get()
             while True:
@@ -406,14 +400,9 @@ class _Writer:
                 with self._lock:
                     self._set_patience(conn, patient=True)
                     outcomes = self._run_batch(conn, batch)
-                    job = batch[0]
-                    if job.more is not None and outcomes[0][3] is None:
-                        step = next(job.more, None)
-                        if step is not None:  # its next step, after what is queued now
-                            job.fn = step
-                            stepping.append(job)
-                            continue
-                        outcomes = [(job.loop, job.future, None, None)]
+                    if batch[0].more is not None and self._next_step(batch[0], outcomes):
+                        stepping.append(batch[0])  # its next step, after what is queued now
+                        continue
                     self._finished += len(batch)
                 _deliver(outcomes)
         with self._lock:
@@ -425,6 +414,24 @@ class _Writer:
         else:
             _deliver([(stop.loop, stop.future, None, None)])
         self._refuse_leftovers()
+
+    @staticmethod
+    def _next_step(job: _Job, outcomes: list[_Outcome]) -> bool:
+        """After a step of ``job``: make its next step its ``fn`` (True), or leave in
+        ``outcomes`` what its caller gets: None once all are done, or the error of the step
+        that failed or that could not be made (the steps before it stay committed)."""
+        if outcomes[0][3] is not None:
+            return False
+        try:
+            step = next(cast(Iterator[Callable[[sqlite3.Connection], Any]], job.more), None)
+        except Exception as exc:
+            outcomes[0] = (job.loop, job.future, None, exc)
+            return False
+        if step is None:
+            outcomes[0] = (job.loop, job.future, None, None)
+            return False
+        job.fn = step
+        return True
 
     def _next_turn(self) -> None:
         self._inline_this_turn = False
