@@ -402,6 +402,22 @@ async def test_a_write_in_steps_lets_queued_jobs_go_between_its_steps(tmp_path: 
     assert store.commits - commits == 3
 
 
+async def test_a_step_that_cannot_be_made_fails_its_caller_not_the_writer(tmp_path: Path) -> None:
+    """The steps of a big write are made as they run, on the writer thread: one that
+    raises while being made is that write's error, and the writer goes on with the rest."""
+    _, updates = text_updates(1)
+    async with SQLiteStore(tmp_path / "db.sqlite3") as store:
+
+        def steps() -> Iterator[Callable[[sqlite3.Connection], None]]:
+            yield lambda conn: None
+            raise ValueError("no second step")
+
+        with pytest.raises(ValueError, match="no second step"):
+            await store._writer.submit_steps(steps())
+        await store.append("r", updates)  # the writer thread is still there
+        assert await store.load("r") == updates
+
+
 async def test_no_commit_runs_on_the_loop_while_the_wal_is_copied_back(tmp_path: Path) -> None:
     """An idle writer lets a small append commit on the loop's own thread (cheaper than
     two thread hand-offs), but not while the checkpointer copies the WAL back: a commit
